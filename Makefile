@@ -1,0 +1,87 @@
+# Long Context from Scratch: the single entry point.
+#
+#   make book      execute every book notebook once, build the HTML (_build/html/index.html)
+#   make test      run the tests (all but those marked slow)
+#   make help      list every target
+#
+# Every target that runs Python first creates or refreshes .venv (scripts/venv.sh)
+# whenever pyproject.toml, requirements/constraints.txt or scripts/venv.sh changed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PROFILE ?= cpu
+DEVICE ?= auto
+VENV ?= .venv
+OUT ?= _build
+EXECUTED ?=
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+LAB_ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# nbgrader shells out to alembic (and papermill to jupyter): the venv's bin comes first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help venv book test test-all lab student execute bench constraints clean
+
+help:
+	@echo "Long Context from Scratch"
+	@echo "  make book       execute the book notebooks once and build the HTML -> $(OUT)/html/index.html"
+	@echo "                  (PROFILE=$(PROFILE) DEVICE=$(DEVICE); EXECUTED=$(OUT)/executed reuses make execute's runs)"
+	@echo "  make test       run the tests except those marked slow"
+	@echo "  make test-all   run every test, slow ones included"
+	@echo "  make lab        JupyterLab with nbgrader in this folder"
+	@echo "  make student    regenerate notebooks/ from solutions/ (nbgrader)"
+	@echo "  make execute    run book and solution notebooks with papermill -> $(OUT)/executed/"
+	@echo "  make bench      run benchmarks/attention.py on DEVICE"
+	@echo "  make venv       create or refresh $(VENV)"
+	@echo "  make clean      remove $(OUT)/ and caches (keeps $(VENV))"
+	@echo "Variables: PROFILE=smoke|cpu|gpu (profiles.yml), DEVICE=auto|cpu|cuda"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/venv.sh
+	VENV=$(VENV) bash scripts/venv.sh
+	@touch $@
+
+book: $(STAMP)
+	$(PY) scripts/build_book.py --profile $(PROFILE) --device $(DEVICE) --out $(OUT) $(if $(EXECUTED),--executed $(EXECUTED))
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+student: $(STAMP)
+	$(PY) scripts/generate_student.py
+
+execute: $(STAMP)
+	$(PY) scripts/execute_notebooks.py --profile $(PROFILE) --device $(DEVICE) --out $(OUT)/executed
+
+bench: $(STAMP)
+	DEVICE=$(DEVICE) $(PY) benchmarks/attention.py --device $(DEVICE) $(BENCH_ARGS)
+
+# Re-pin requirements/constraints.txt from a fresh environment (after editing
+# pyproject.toml's dependencies). Takes a couple of minutes.
+constraints:
+	rm -rf $(OUT)/constraints-venv
+	python3 -m venv $(OUT)/constraints-venv
+	$(OUT)/constraints-venv/bin/pip install -q "$${TORCH_SPEC:-torch==2.13.0}" $${TORCH_PIP_ARGS:-}
+	$(OUT)/constraints-venv/bin/pip install -q -e ".[dev]"
+	{ sed -n '/^#/p;/^$$/q' requirements/constraints.txt; \
+	  $(OUT)/constraints-venv/bin/pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)'; \
+	} > requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt
+	rm -rf $(OUT)/constraints-venv
+	@echo "requirements/constraints.txt re-pinned; run 'make venv' to apply"
+
+clean:
+	rm -rf $(OUT) .pytest_cache
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 | xargs -0 rm -rf

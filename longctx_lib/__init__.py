@@ -1,0 +1,28 @@
+"""longctx_lib: the tested implementations behind the course *Long Context from Scratch*.
+
+One module per idea, each introduced by a chapter of the book:
+
+- :mod:`longctx_lib.device` - ``device="auto"`` picks CUDA, then MPS, then the CPU (ch. 1)
+- :mod:`longctx_lib.attention` - reference and fused scaled dot-product attention (ch. 1)
+- :mod:`longctx_lib.costs` - FLOPs and bytes: the cost model, the Reformer's Table 3 (ch. 1)
+- :mod:`longctx_lib.measure` - time, peak memory, bytes saved for backward (ch. 1)
+- :mod:`longctx_lib.transformer` - a plain pre-LN transformer, the baseline (ch. 1)
+"""
+
+from . import attention, costs, device, measure, transformer
+from .attention import MultiHeadAttention, scaled_dot_product_attention
+from .device import resolve_device
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention",
+    "costs",
+    "device",
+    "measure",
+    "transformer",
+    "MultiHeadAttention",
+    "scaled_dot_product_attention",
+    "resolve_device",
+    "__version__",
+]

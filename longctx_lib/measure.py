@@ -1,0 +1,203 @@
+"""Measuring time, peak memory and the bytes autograd saves for backward.
+
+Chapter 1 introduces these tools; every later chapter's measurements use them.
+
+- :func:`time_fn`: warm-up, then the median of repeats; CUDA is synchronised around
+  each call so the clock measures the kernels, not their launch.
+- :func:`peak_memory`: on CUDA the caching allocator's peak; on the CPU the call runs
+  in a fresh child process whose peak resident set size (Linux ``VmHWM``, reset just
+  before the call) is read, because the CPU allocator keeps no statistics.
+- :func:`saved_tensor_bytes`: what autograd keeps for backward, counted through
+  ``torch.autograd.graph.saved_tensors_hooks``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing as mp
+import re
+import resource
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .device import resolve_device, synchronize
+
+__all__ = ["Timing", "time_fn", "peak_memory", "saved_tensor_bytes", "fit_loglog_slope"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Result of :func:`time_fn`: the median and every repeat, in seconds."""
+
+    median: float
+    times: tuple[float, ...]
+
+
+def time_fn(
+    fn: Callable[..., Any],
+    *args: Any,
+    warmup: int = 1,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> Timing:
+    """Time ``fn(*args, **kwargs)``: ``warmup`` untimed calls, then the median of ``repeats``.
+
+    ``device`` says which device to synchronise before and after each call.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    dev = resolve_device(device)
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    times = []
+    for _ in range(repeats):
+        synchronize(dev)
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        synchronize(dev)
+        times.append(time.perf_counter() - start)
+    return Timing(median=statistics.median(times), times=tuple(times))
+
+
+# --------------------------------------------------------------------------- peak memory
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            match = re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so it is not reused unseen."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> None:
+    try:
+        torch.set_num_threads(kwargs.pop("_threads"))
+        if kwargs.pop("_warmup"):
+            fn(*args, **kwargs)  # thread pools, autograd engine, lazy buffers: not the workload
+        _release_free_memory()
+        exact = _reset_peak_rss()
+        before = _status_kib("VmRSS") if exact else 0
+        fn(*args, **kwargs)
+        if exact:
+            peak = _status_kib("VmHWM")
+        else:  # ru_maxrss: KiB on Linux, bytes on macOS; includes the interpreter itself
+            scale = 1 if sys.platform == "darwin" else 1024
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale // 1024
+        queue.put(("ok", (peak - before) * 1024, exact))
+    except BaseException:  # report any failure to the parent, with its traceback
+        queue.put(("error", traceback.format_exc(), False))
+
+
+def peak_memory(
+    fn: Callable[..., Any],
+    *args: Any,
+    device: str | torch.device = "cpu",
+    warmup: bool = True,
+    **kwargs: Any,
+) -> int:
+    """Peak bytes allocated while ``fn(*args, **kwargs)`` runs, above what was in use before.
+
+    On CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``).
+    On the CPU: ``fn`` runs in a fresh ``spawn``-ed process, so ``fn`` and its arguments
+    must be picklable (a function defined in a module, not in a notebook); build large
+    inputs inside ``fn``. The result is the rise of the process's peak resident memory
+    over its resident memory just before the call (exact on Linux; elsewhere the peak
+    includes the interpreter, and the figure is an upper bound).
+
+    With ``warmup`` (the default) ``fn`` runs once before the measured call, so one-off
+    costs (thread pools, the autograd engine, lazily allocated buffers) are not
+    counted; freed memory is handed back to the OS before measuring.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if warmup:
+            fn(*args, **kwargs)
+        synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        fn(*args, **kwargs)
+        synchronize(dev)
+        return int(torch.cuda.max_memory_allocated(dev) - base)
+    if dev.type != "cpu":
+        raise ValueError(
+            f"peak_memory supports device='cpu' or 'cuda'; got {dev.type!r}. "
+            "PyTorch exposes no peak statistic for MPS: measure on 'cpu' instead."
+        )
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    kwargs = {**kwargs, "_threads": torch.get_num_threads(), "_warmup": warmup}
+    proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue))
+    proc.start()
+    try:
+        status, value, _exact = queue.get()
+    finally:
+        proc.join()
+    if status != "ok":
+        raise RuntimeError(f"the measured function failed in the child process:\n{value}")
+    return int(value)
+
+
+# --------------------------------------------------------------------- saved for backward
+def saved_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn(*args, **kwargs)`` runs.
+
+    Each storage is counted once (views share storage). Leaf tensors that require
+    grad (parameters, and inputs created with ``requires_grad=True``) and views of them
+    (such as a transposed weight) are not counted:
+    they exist whether or not backward is planned. Everything else (activations, masks,
+    intermediate results) is.
+    """
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t if t._base is None else t._base  # a view (e.g. weight.T) counts as its base
+        if not (base.is_leaf and base.requires_grad):
+            storage = t.untyped_storage()
+            seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args, **kwargs)
+    return sum(seen.values())
+
+
+def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x``: the exponent ``p`` in ``y ~ x^p``."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"need two sequences of equal length >= 2; got {len(x)} and {len(y)}")
+    if min(x) <= 0 or min(y) <= 0:
+        raise ValueError("x and y must be positive to fit on a log-log scale")
+    lx = torch.tensor([float(v) for v in x], dtype=torch.float64).log()
+    ly = torch.tensor([float(v) for v in y], dtype=torch.float64).log()
+    lx = lx - lx.mean()
+    return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
+

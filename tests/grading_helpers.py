@@ -1,0 +1,139 @@
+"""A throw-away nbgrader course for the grading tests, driven through nbgrader's Python API.
+
+nbgrader's command line is not used on purpose: ``nbgrader validate`` exits 0 even when
+tests fail, and every command prints rather than returns. Here each step returns what
+it did, and scores are read from the gradebook.
+
+    course = Course(tmp_path, "01-attention-bottleneck")      # copy source, generate
+    nb = course.submission(answers={"masked_attention": code})  # student version, filled in
+    graded = course.autograde("alice", nb)                      # submit, autograde, read scores
+    graded.total, graded.max_total, graded.scores["test_..."]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from nbhelpers import REPO, load_script
+
+__all__ = ["Course", "GradedSubmission", "answer_cells", "graded_cells"]
+
+
+def answer_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
+    """The cells a student writes in (nbgrader ``solution: true``), by grade_id."""
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("solution")}
+
+
+def graded_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
+    """The cells that carry points (nbgrader ``grade: true``), by grade_id."""
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade")}
+
+
+@dataclass
+class GradedSubmission:
+    """What autograde made of one submission."""
+
+    student: str
+    scores: dict[str, float]  # autograded (code) test cells: grade_id -> points earned
+    max_scores: dict[str, float]  # the same cells: grade_id -> points available
+    sha256_before: str  # the submitted file, before and after grading
+    sha256_after: str
+    log: str = field(repr=False, default="")
+
+    @property
+    def total(self) -> float:
+        return sum(self.scores.values())
+
+    @property
+    def max_total(self) -> float:
+        return sum(self.max_scores.values())
+
+    @property
+    def failed(self) -> set[str]:
+        """Test cells that earned nothing."""
+        return {name for name, score in self.scores.items() if score == 0}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Course:
+    """An nbgrader course in ``root`` holding one assignment copied from ``solutions/``.
+
+    Uses the repository's ``nbgrader_config.py`` (through ``scripts/generate_student.py``),
+    pointed at ``root`` and a gradebook inside it, so nothing is written to the repository.
+    """
+
+    def __init__(self, root: Path, assignment: str, repo: Path = REPO):
+        from nbgrader.apps import NbGraderAPI
+
+        gen = load_script("generate_student")
+        gen.ensure_alembic_on_path()
+        self.root, self.assignment = Path(root), assignment
+        shutil.copytree(repo / gen.SOURCE_DIR / assignment, self.root / gen.SOURCE_DIR / assignment,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        self.config = gen.nbgrader_config(self.root, repo)
+        self.db_url = self.config.CourseDirectory.db_url
+        self.api = NbGraderAPI(config=self.config)
+        result = self.api.generate_assignment(assignment, force=True, create=True)
+        assert result["success"], f"generate_assignment failed:\n{result.get('log')}\n{result.get('error')}"
+        self.source_path = self.root / gen.SOURCE_DIR / assignment / f"{assignment}.ipynb"
+        self.student_path = self.root / gen.RELEASE_DIR / assignment / f"{assignment}.ipynb"
+
+    @property
+    def notebook_name(self) -> str:
+        return self.source_path.stem
+
+    def source(self) -> nbformat.NotebookNode:
+        return nbformat.read(self.source_path, as_version=4)
+
+    def student(self) -> nbformat.NotebookNode:
+        return nbformat.read(self.student_path, as_version=4)
+
+    def submission(self, answers: Mapping[str, str] | None = None) -> nbformat.NotebookNode:
+        """The student version with every answer cell filled in with the solution's code,
+        except those in ``answers`` ({grade_id: source}), which get that source instead."""
+        nb = self.student()
+        solutions = answer_cells(self.source())
+        answers = dict(answers or {})
+        unknown = answers.keys() - solutions.keys()
+        assert not unknown, f"no answer cells named {sorted(unknown)}; answer cells: {sorted(solutions)}"
+        for grade_id, cell in answer_cells(nb).items():
+            cell.source = answers.get(grade_id, solutions[grade_id].source)
+        return nb
+
+    def autograde(self, student: str, nb: nbformat.NotebookNode | Path) -> GradedSubmission:
+        """Submit ``nb`` as ``student``'s work, autograde it, read the scores from the gradebook."""
+        from nbgrader.api import Gradebook
+
+        path = self.root / "submitted" / student / self.assignment / f"{self.notebook_name}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(nb, Path):
+            shutil.copyfile(nb, path)
+        else:
+            nbformat.write(nb, path)
+        before = _sha256(path)
+        result = self.api.autograde(self.assignment, student, force=True, create=True)
+        log = f"{result.get('log', '')}\n{result.get('error', '')}"
+        assert result["success"], f"autograde of {student} failed:\n{log}"
+        with Gradebook(self.db_url) as gb:
+            grades = [g.to_dict() for g in
+                      gb.find_submission_notebook(self.notebook_name, self.assignment, student).grades]
+        code = [g for g in grades if g["cell_type"] == "code"]  # markdown answers are graded by hand
+        return GradedSubmission(
+            student=student,
+            scores={g["name"]: g["auto_score"] or 0.0 for g in code},
+            max_scores={g["name"]: g["max_score"] for g in code},
+            sha256_before=before,
+            sha256_after=_sha256(path),
+            log=log,
+        )
