@@ -7,11 +7,14 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.costs` - FLOPs and bytes: the cost model, the Reformer's Table 3 (ch. 1)
 - :mod:`longctx_lib.measure` - time, peak memory, bytes saved for backward (ch. 1)
 - :mod:`longctx_lib.transformer` - a plain pre-LN transformer, the baseline (ch. 1)
+- :mod:`longctx_lib.lsh` - LSH attention: hash, sort, chunk, multi-round (ch. 2)
+- :mod:`longctx_lib.tasks` - synthetic long-context tasks, made on the fly (ch. 2 onwards)
 """
 
-from . import attention, costs, device, measure, transformer
+from . import attention, costs, device, lsh, measure, tasks, transformer
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .device import resolve_device
+from .lsh import LSHSelfAttention, hash_vectors, lsh_attention
 
 __version__ = "0.1.0"
 
@@ -21,7 +24,12 @@ __all__ = [
     "device",
     "measure",
     "transformer",
+    "lsh",
+    "tasks",
     "MultiHeadAttention",
+    "LSHSelfAttention",
+    "hash_vectors",
+    "lsh_attention",
     "scaled_dot_product_attention",
     "resolve_device",
     "__version__",

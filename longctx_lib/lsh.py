@@ -1,0 +1,566 @@
+"""LSH attention: hash, sort, chunk, attend to your own and the previous chunk.
+
+Chapter 2 (LSH attention) defines and explains everything here.
+Reference: Kitaev, Kaiser, Levskaya, "Reformer: The efficient transformer" (ICLR 2020,
+arXiv 2001.04451), section 2 and appendix A; angular LSH from Andoni et al. (2015).
+
+One round of LSH attention, for shared-QK vectors ``q`` (keys ``k_j = q_j / ||q_j||``):
+
+1. hash: ``h(x) = argmax([xR ; -xR])`` for a random ``R`` of shape ``(dim, n_buckets/2)``
+   (:func:`hash_vectors`); ``h(k_j) = h(q_j)`` because the hash ignores the length;
+2. sort the positions by ``(bucket, position)`` (a stable sort by bucket);
+3. cut the sorted order into chunks of ``chunk_size`` consecutive entries; every chunk
+   attends to itself and to the chunk before it;
+4. mask by the ORIGINAL positions (causal), replace the logit of a query with itself by
+   a large finite value (``SELF_MASK_VALUE``) so that a token looks at itself only when
+   nothing else is visible, and undo the sort.
+
+``n_hashes`` rounds with independent rotations are combined by their log-sum-exp
+weights, which equals one softmax over everything any round saw. The paper's duplicate
+correction (appendix A) subtracts ``log N_ij`` from each logit, ``N_ij`` being the
+number of rounds in which key ``j`` is in query ``i``'s window, so that a key found by
+several rounds is counted once.
+
+Memory is ``O(length * n_hashes * chunk_size)``: no ``(length x length)`` tensor is ever
+built, not even for the duplicate counts (they compare chunk indices of each attended
+pair across rounds).
+
+Design choices (the book discusses each):
+
+* The first chunk of a round looks back at the LAST chunk of the same round (a
+  wrap-around inside the round). trax and Hugging Face sort all rounds as one long
+  sequence, so there the first chunk of round ``r`` looks back at the last chunk of
+  round ``r - 1``. Keeping rounds independent makes a round a self-contained
+  computation (``n_hashes`` identical rounds equal one round exactly) and lets rounds
+  run one at a time. With one chunk per round there is no look-back (the chunk would
+  otherwise see itself twice).
+* A query's own key gets the logit ``SELF_MASK_VALUE = -1e5`` (replaced, as trax and
+  Hugging Face do; the paper says "masked"); logits are computed in float32 for half
+  precision inputs (float64 stays float64), so the value is safe in every dtype.
+  Causal and padding masks are hard (``-inf``): a query always sees at least itself.
+* Any length works: the sequence is padded to a multiple of ``chunk_size``; padding
+  positions get the bucket ``n_buckets`` (after every real bucket), so they sort to
+  the end and only ever share a chunk with the last real entries, where they are
+  masked.
+* With ``n_buckets = (b1, b2)`` the hash is factorised as in trax and Hugging Face:
+  ``R`` has ``b1/2 + b2/2`` columns, ``h = h1 + b1 * h2`` (``n_buckets = b1 * b2``
+  buckets), which keeps hashing linear in the length when the bucket count grows with
+  it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "SELF_MASK_VALUE",
+    "default_n_buckets",
+    "random_rotations",
+    "hash_vectors",
+    "lsh_attention",
+    "LSHSelfAttention",
+    "lsh_attention_step",
+]
+
+SELF_MASK_VALUE = -1e5
+"""Logit given to a query's own key (the paper's value; finite, so a token with no
+other visible key attends to itself)."""
+
+Buckets = int | tuple[int, ...]
+
+
+# ------------------------------------------------------------------------- checking
+def _check_n_buckets(n_buckets: Buckets) -> tuple[int, ...]:
+    """Factors of ``n_buckets`` as a tuple (one factor when it is an int)."""
+    factors = (n_buckets,) if isinstance(n_buckets, int) and not isinstance(n_buckets, bool) else n_buckets
+    if (
+        not isinstance(factors, Sequence)
+        or len(factors) == 0
+        or not all(isinstance(b, int) and not isinstance(b, bool) for b in factors)
+    ):
+        raise TypeError(
+            f"n_buckets must be an int or a tuple of ints (b1, b2) for factorised hashing; "
+            f"got {n_buckets!r}"
+        )
+    for b in factors:
+        if b < 2 or b % 2:
+            raise ValueError(
+                f"n_buckets={n_buckets!r}: every bucket count must be even and >= 2 (the hash "
+                f"is argmax over [xR ; -xR]); use e.g. {max(2, b + b % 2)} instead of {b}"
+            )
+    return tuple(factors)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def _n_total(factors: tuple[int, ...]) -> int:
+    return math.prod(factors)
+
+
+def _rotation_size(factors: tuple[int, ...]) -> int:
+    return sum(b // 2 for b in factors)
+
+
+def default_n_buckets(length: int, chunk_size: int, *, factorise_above: int | None = None) -> Buckets:
+    """The bucket count the paper recommends: about ``2 * length / chunk_size``.
+
+    Rounded down to a power of two (at least 2). Above ``factorise_above`` (default
+    ``2 * max(chunk_size, sqrt(length / chunk_size))``, Hugging Face's rule) it is
+    returned factorised as ``(b1, b2)`` with ``b1 * b2`` buckets, so that hashing costs
+    ``O(length * (b1 + b2))`` instead of ``O(length * b1 * b2)``.
+    """
+    _check_positive_int("length", length)
+    _check_positive_int("chunk_size", chunk_size)
+    power = max(1, (2 * max(1, length // chunk_size)).bit_length() - 1)
+    if factorise_above is None:
+        factorise_above = 2 * max(chunk_size, int(math.sqrt(length / chunk_size)))
+    if 2**power <= factorise_above:
+        return 2**power
+    return (2 ** (power // 2), 2 ** (power - power // 2))
+
+
+def random_rotations(
+    dim: int,
+    n_buckets: Buckets,
+    n_hashes: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Gaussian random rotations ``R`` of shape ``(dim, n_hashes, sum(b // 2))``.
+
+    One independent matrix per round. For factorised ``n_buckets = (b1, b2)`` the
+    columns are ``[b1/2 columns | b2/2 columns]``. Drawn on ``generator``'s device (CPU
+    by default) and moved to ``device``, so a CPU generator reproduces the same rotations
+    on every device.
+    """
+    factors = _check_n_buckets(n_buckets)
+    _check_positive_int("dim", dim)
+    _check_positive_int("n_hashes", n_hashes)
+    draw_device = generator.device if generator is not None else device
+    r = torch.randn(dim, n_hashes, _rotation_size(factors), generator=generator, device=draw_device,
+                    dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    return r.to(device=device, dtype=dtype)
+
+
+# -------------------------------------------------------------------------- hashing
+def hash_vectors(
+    x: Tensor,
+    n_buckets: Buckets,
+    n_hashes: int,
+    *,
+    rotations: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Angular LSH: bucket ids ``argmax([xR ; -xR])``, one hash per round.
+
+    Args:
+        x: vectors ``(..., length, dim)``.
+        n_buckets: an even bucket count, or ``(b1, b2)`` for the factorised hash
+            ``h1 + b1 * h2`` (``b1 * b2`` buckets, ``b1/2 + b2/2`` rotation columns).
+        n_hashes: number of rounds (independent rotations).
+        rotations: ``(dim, n_hashes, sum(b // 2))``; drawn at random if omitted
+            (see :func:`random_rotations`), shared by all leading axes of ``x``.
+        generator: random generator for the rotations (reproducible hashing).
+
+    Returns:
+        int64 bucket ids ``(..., n_hashes, length)`` in ``[0, prod(n_buckets))``.
+        Ties in the argmax go to the first maximal column. Half precision inputs are
+        hashed in float32.
+    """
+    factors = _check_n_buckets(n_buckets)
+    _check_positive_int("n_hashes", n_hashes)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2 or not x.is_floating_point():
+        raise ValueError(
+            f"x must be a floating-point tensor of shape (..., length, dim); got shape "
+            f"{tuple(x.shape)} and dtype {x.dtype}"
+        )
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dim = x.shape[-1]
+    if rotations is None:
+        rotations = random_rotations(dim, factors, n_hashes, generator=generator, device=x.device, dtype=work)
+    else:
+        _check_rotations(rotations, dim, factors, n_hashes, x)
+    # (..., L, d) x (d, H, R) -> (..., H, L, R): the only tensor that grows with n_buckets
+    rotated = torch.einsum("...ld,dhr->...hlr", x.to(work), rotations.to(work))
+    buckets, offset, product = None, 0, 1
+    for b in factors:
+        part = rotated[..., offset : offset + b // 2]
+        # argmax over [part ; -part] without building it; a tie goes to the first half,
+        # as argmax of the concatenation would (first maximal index)
+        top, arg_top = part.max(dim=-1)
+        low, arg_low = part.min(dim=-1)
+        h = torch.where(top >= -low, arg_top, arg_low + b // 2)  # (..., H, L)
+        buckets = h if buckets is None else buckets + product * h
+        offset, product = offset + b // 2, product * b
+    return buckets
+
+
+def _check_rotations(rotations: Tensor, dim: int, factors: tuple[int, ...], n_hashes: int, x: Tensor) -> None:
+    if not isinstance(rotations, Tensor) or not rotations.is_floating_point():
+        raise TypeError("rotations must be a floating-point torch.Tensor")
+    expected = (dim, n_hashes, _rotation_size(factors))
+    if tuple(rotations.shape) != expected:
+        raise ValueError(
+            f"rotations must have shape (dim, n_hashes, sum(n_buckets // 2)) = {expected}; got "
+            f"{tuple(rotations.shape)}. Draw them with random_rotations(dim, n_buckets, n_hashes)."
+        )
+    if rotations.device != x.device:
+        raise ValueError(
+            f"rotations are on {rotations.device} but the inputs are on {x.device}; "
+            "move them with .to(device)"
+        )
+
+
+# ----------------------------------------------------------------------- attention
+def _check_inputs(qk: Tensor, v: Tensor) -> None:
+    for name, t in (("qk", qk), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dimensions (batch, heads, length, dim); got shape "
+                f"{tuple(t.shape)}. Add missing axes with .unsqueeze(), e.g. x[None, None]."
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if qk.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            "qk and v must share (batch, heads, length); got "
+            f"qk {tuple(qk.shape)} and v {tuple(v.shape)}"
+        )
+    if qk.dtype != v.dtype:
+        raise TypeError(f"qk and v must share a dtype; got {qk.dtype} and {v.dtype}")
+    if qk.device != v.device:
+        raise ValueError(
+            f"qk and v must be on one device; got {qk.device} and {v.device}. Move them with .to(device)."
+        )
+
+
+def _check_buckets(buckets: Tensor, qk: Tensor, n_hashes: int, n_total: int) -> None:
+    b, h, length, _ = qk.shape
+    if not isinstance(buckets, Tensor) or buckets.dtype != torch.int64:
+        raise TypeError("buckets must be an int64 tensor, as returned by return_buckets=True")
+    if tuple(buckets.shape) != (b, h, n_hashes, length):
+        raise ValueError(
+            f"buckets must have shape (batch, heads, n_hashes, length) = {(b, h, n_hashes, length)}; "
+            f"got {tuple(buckets.shape)}. Pass the buckets returned for these inputs."
+        )
+    if buckets.device != qk.device:
+        raise ValueError(f"buckets are on {buckets.device} but qk is on {qk.device}; move them with .to()")
+    if buckets.numel() and (int(buckets.min()) < 0 or int(buckets.max()) >= n_total):
+        raise ValueError(
+            f"buckets must lie in [0, {n_total}) for n_buckets={n_total}; got values in "
+            f"[{int(buckets.min())}, {int(buckets.max())}]"
+        )
+
+
+def _look_back(x: Tensor) -> Tensor:
+    """``(N, chunks, m, ...)`` -> ``(N, chunks, 2m, ...)``: each chunk, then the one before it.
+
+    The first chunk's previous chunk is the last one (wrap-around within the round).
+    With a single chunk there is nothing before it and ``x`` is returned unchanged.
+    """
+    if x.shape[1] == 1:
+        return x
+    return torch.cat([x, x.roll(1, dims=1)], dim=2)
+
+
+def _duplicate_counts(chunk_of: Tensor, next_chunk: Tensor, qpos: Tensor, kpos: Tensor, r: int) -> Tensor:
+    """``N_ij`` for round ``r``'s window ``(N, chunks, m, 2m)``, in ``O(L * m)`` memory.
+
+    ``chunk_of`` ``(N, n_hashes, Lp)`` is the chunk of each position in each round and
+    ``next_chunk`` the chunk after it (cyclically). Key j is in query i's window in round
+    s iff ``chunk_s(j)`` is ``chunk_s(i)`` or the chunk before it, i.e. iff
+    ``chunk_s(i)`` is ``chunk_s(j)`` or ``next_s(j)``. Round ``r`` itself always counts.
+    """
+    n, n_hashes, _ = chunk_of.shape
+    count = torch.ones(qpos.shape + kpos.shape[-1:], dtype=torch.uint8, device=qpos.device)
+    for s in range(n_hashes):
+        if s == r:
+            continue
+        cq = chunk_of[:, s].gather(1, qpos.reshape(n, -1)).view(qpos.shape)[..., :, None]  # (N, C, m, 1)
+        ck = chunk_of[:, s].gather(1, kpos.reshape(n, -1)).view(kpos.shape)[..., None, :]  # (N, C, 1, 2m)
+        nk = next_chunk[:, s].gather(1, kpos.reshape(n, -1)).view(kpos.shape)[..., None, :]
+        count += (cq == ck) | (cq == nk)
+    return count
+
+
+def _one_round(
+    queries: Tensor,
+    keys: Tensor,
+    v: Tensor,
+    order: Tensor,
+    chunk_of: Tensor | None,
+    next_chunk: Tensor | None,
+    r: int,
+    length: int,
+    chunk_size: int,
+    causal: bool,
+) -> tuple[Tensor, Tensor]:
+    """Attention of one hashing round, returned in the original order.
+
+    ``queries`` ``(N, Lp, d)`` (pre-scaled by ``1/sqrt(d)``), ``keys`` ``(N, Lp, d)``
+    (unit length), ``v`` ``(N, Lp, dv)``, ``order`` ``(N, Lp)`` the positions in this
+    round's sorted order. Returns the output ``(N, Lp, dv)`` and the log-sum-exp of the
+    logits ``(N, Lp)``.
+    """
+    n, lp, d = queries.shape
+    dv = v.shape[-1]
+    m = chunk_size
+    c = lp // m
+    work = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    pos = order.view(n, c, m)  # (N, C, m): original position of each sorted entry
+    kpos = _look_back(pos)  # (N, C, w) with w = 2m (or m for a single chunk)
+    w = kpos.shape[-1]
+    # Row gathers on flattened (N * Lp, .) tensors: index_select copies whole rows.
+    base = (torch.arange(n, device=order.device) * lp)[:, None]  # (N, 1) row offset per sequence
+    qrows = (order + base).reshape(-1)
+    krows = (kpos.reshape(n, c * w) + base).reshape(-1)
+    sq = queries.reshape(n * lp, d).index_select(0, qrows).view(n, c, m, d)  # (N, C, m, d)
+    sk = keys.reshape(n * lp, d).index_select(0, krows).view(n, c, w, d)  # (N, C, w, d)
+    sv = v.reshape(n * lp, dv).index_select(0, krows).view(n, c, w, dv)  # (N, C, w, dv)
+
+    logits = (sq @ sk.transpose(-1, -2)).to(work)  # (N, C, m, w): the O(L * m) tensor
+    if causal:  # by original positions; also hides padding, which comes after every real key
+        logits.masked_fill_(kpos[..., None, :] > pos[..., :, None], float("-inf"))
+    elif lp > length:
+        logits.masked_fill_((kpos >= length)[..., None, :], float("-inf"))
+    # A query meets itself at slot t of its own chunk (the first m keys): the diagonal.
+    # Filled after the hard masks, so every row keeps one finite logit (no NaN, even
+    # for padding queries).
+    logits.masked_fill_(torch.eye(m, w, dtype=torch.bool, device=logits.device), SELF_MASK_VALUE)
+    if chunk_of is not None:
+        counts = _duplicate_counts(chunk_of, next_chunk, pos, kpos, r)
+        logits.sub_(counts.to(work).log_())  # log N_ij
+    top = logits.detach().amax(dim=-1, keepdim=True)  # (N, C, m, 1); finite: self is visible
+    e = (logits - top).exp_()  # unnormalised weights in (0, 1]
+    total = e.sum(dim=-1, keepdim=True)  # (N, C, m, 1)
+    out = (e.to(v.dtype) @ sv) / total.to(v.dtype)  # (N, C, m, dv)
+    lse = top + total.log()  # (N, C, m, 1)
+
+    undo = torch.empty_like(order).scatter_(1, order, torch.arange(lp, device=order.device).expand(n, lp))
+    urows = (undo + base).reshape(-1)
+    out = out.reshape(n * lp, dv).index_select(0, urows).view(n, lp, dv)  # (N, Lp, dv), original order
+    lse = lse.reshape(n * lp).index_select(0, urows).view(n, lp)  # (N, Lp)
+    return out, lse
+
+
+def lsh_attention(
+    qk: Tensor,
+    v: Tensor,
+    *,
+    n_buckets: Buckets,
+    n_hashes: int,
+    chunk_size: int,
+    causal: bool = False,
+    rotations: Tensor | None = None,
+    count_duplicates: bool = True,
+    return_buckets: bool = False,
+    buckets: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    checkpoint_rounds: bool | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Shared-QK LSH attention (Reformer), ``O(length * n_hashes * chunk_size)`` memory.
+
+    Args:
+        qk: shared queries/keys ``(batch, heads, length, dim)``; keys are ``qk`` scaled
+            to unit length, logits are ``q_i . k_j / sqrt(dim)``.
+        v: values ``(batch, heads, length, dim_v)``.
+        n_buckets: even bucket count, or ``(b1, b2)`` for the factorised hash.
+        n_hashes: number of hashing rounds.
+        chunk_size: entries per chunk of the sorted order; each chunk attends to
+            itself and the previous chunk (the first to the last, within a round).
+        causal: query ``i`` sees only keys ``j <= i`` (original positions).
+        rotations: ``(dim, n_hashes, sum(b // 2))``, shared by batch and heads; random
+            if omitted (see :func:`hash_vectors`).
+        count_duplicates: subtract ``log N_ij`` (the paper's appendix A), so a key seen
+            in several rounds is counted once.
+        return_buckets: also return the buckets ``(batch, heads, n_hashes, length)``.
+        buckets: precomputed buckets (e.g. from the forward pass, to recompute it
+            exactly in a reversible backward); ``rotations`` are then ignored.
+        generator: random generator for the rotations.
+        checkpoint_rounds: recompute each round in the backward pass instead of storing
+            its intermediates (less memory, a little more time). Default: on when
+            gradients are being recorded and the sequence is longer than 4 chunks.
+
+    Returns:
+        The output ``(batch, heads, length, dim_v)`` in ``v``'s dtype (and the buckets).
+    """
+    _check_inputs(qk, v)
+    factors = _check_n_buckets(n_buckets)
+    _check_positive_int("n_hashes", n_hashes)
+    _check_positive_int("chunk_size", chunk_size)
+    b, h, length, d = qk.shape
+    n_total = _n_total(factors)
+    if length == 0:
+        raise ValueError("qk must have length >= 1 (axis -2)")
+    if buckets is None:
+        buckets = hash_vectors(qk, factors, n_hashes, rotations=rotations, generator=generator)
+    else:
+        _check_buckets(buckets, qk, n_hashes, n_total)
+
+    n = b * h
+    lp = -(-length // chunk_size) * chunk_size  # padded length, a multiple of chunk_size
+    pad = lp - length
+    x = qk.reshape(n, length, d)
+    vv = v.reshape(n, length, v.shape[-1])
+    bk = buckets.reshape(n, n_hashes, length)
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+        vv = F.pad(vv, (0, 0, 0, pad))
+        bk = F.pad(bk, (0, pad), value=n_total)  # padding: a bucket after all real ones
+    keys = F.normalize(x, dim=-1)  # (N, Lp, d) unit keys
+    queries = x * (1.0 / math.sqrt(d))
+    order = torch.sort(bk, dim=-1, stable=True).indices  # (N, R, Lp): by (bucket, position)
+
+    chunk_of = next_chunk = None
+    if count_duplicates and n_hashes > 1:
+        loc = torch.empty_like(order).scatter_(  # sorted location of each position, per round
+            2, order, torch.arange(lp, device=order.device).expand(n, n_hashes, lp))
+        n_chunks = lp // chunk_size
+        small = torch.int16 if n_chunks < 2**15 else torch.int32
+        chunk_of = (loc // chunk_size).to(small)  # (N, R, Lp)
+        # the chunk whose look-back reaches this one; a lone chunk has no look-back
+        next_chunk = ((chunk_of + 1) % n_chunks).to(small) if n_chunks > 1 else chunk_of
+
+    if checkpoint_rounds is None:
+        checkpoint_rounds = torch.is_grad_enabled() and lp > 4 * chunk_size
+    # Combine rounds by their log-sum-exp weights exp(lse_r - lse), computed as a running
+    # softmax over rounds relative to the running maximum (exact for equal lse_r even
+    # when they are -1e5, the value of a query that sees only itself).
+    acc = weight = top = None
+    for r in range(n_hashes):
+        args = (queries, keys, vv, order[:, r], chunk_of, next_chunk, r, length, chunk_size, causal)
+        if checkpoint_rounds and (queries.requires_grad or vv.requires_grad):
+            o_r, lse_r = checkpoint(_one_round, *args, use_reentrant=False)
+        else:
+            o_r, lse_r = _one_round(*args)
+        if acc is None:
+            top = lse_r.detach()
+            weight = torch.exp(lse_r - top)  # 1, but carries the gradient of lse_r
+            acc = o_r * weight[..., None]
+        else:
+            new_top = torch.maximum(top, lse_r.detach())  # any reference value works: no gradient
+            rescale, w_r = torch.exp(top - new_top), torch.exp(lse_r - new_top)
+            acc = acc * rescale[..., None] + o_r * w_r[..., None]
+            weight, top = weight * rescale + w_r, new_top
+    out = acc / weight[..., None]  # (N, Lp, dv)
+    out = out[:, :length].to(v.dtype).reshape(b, h, length, v.shape[-1])
+    return (out, buckets) if return_buckets else out
+
+
+# -------------------------------------------------------------------------- module
+class LSHSelfAttention(nn.Module):
+    """Multi-head LSH self-attention with a shared query/key projection (Reformer).
+
+    Input and output ``(batch, length, d_model)``. ``n_hashes`` is an attribute and can
+    be changed at any time (e.g. train with 2 rounds, evaluate with 8), or overridden
+    per call. ``n_buckets=None`` picks :func:`default_n_buckets` for each input length.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        n_hashes: int = 4,
+        chunk_size: int = 64,
+        n_buckets: Buckets | None = None,
+        count_duplicates: bool = True,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model={d_model} must be a positive multiple of n_heads={n_heads}; "
+                "choose n_heads that divides d_model"
+            )
+        _check_positive_int("n_hashes", n_hashes)
+        _check_positive_int("chunk_size", chunk_size)
+        if n_buckets is not None:
+            _check_n_buckets(n_buckets)
+        self.d_model, self.n_heads = d_model, n_heads
+        self.n_hashes, self.chunk_size, self.n_buckets = n_hashes, chunk_size, n_buckets
+        self.count_duplicates = count_duplicates
+        self.qk = nn.Linear(d_model, d_model, bias=bias)  # shared query/key projection
+        self.v = nn.Linear(d_model, d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        causal: bool = False,
+        n_hashes: int | None = None,
+        rotations: Tensor | None = None,
+        buckets: Tensor | None = None,
+        return_buckets: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``(batch, length, d_model)`` -> ``(batch, length, d_model)``.
+
+        ``rotations``, ``buckets`` and ``return_buckets`` are passed to
+        :func:`lsh_attention` (buckets ``(batch, heads, n_hashes, length)``).
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x must have shape (batch, length, d_model={self.d_model}); got "
+                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            )
+        b, n, _ = x.shape
+        rounds = self.n_hashes if n_hashes is None else n_hashes
+        n_buckets = self.n_buckets if self.n_buckets is not None else default_n_buckets(n, self.chunk_size)
+        qk = self.qk(x).view(b, n, self.n_heads, -1).transpose(1, 2)  # (B, H, L, hd)
+        v = self.v(x).view(b, n, self.n_heads, -1).transpose(1, 2)  # (B, H, L, hd)
+        y, bk = lsh_attention(
+            qk, v, n_buckets=n_buckets, n_hashes=rounds, chunk_size=self.chunk_size, causal=causal,
+            rotations=rotations, count_duplicates=self.count_duplicates, return_buckets=True,
+            buckets=buckets, generator=generator,
+        )
+        y = self.out(y.transpose(1, 2).reshape(b, n, self.d_model))  # (B, L, d_model)
+        return (y, bk) if return_buckets else y
+
+
+def lsh_attention_step(
+    length: int,
+    *,
+    batch: int = 1,
+    heads: int = 4,
+    head_dim: int = 64,
+    n_hashes: int = 4,
+    chunk_size: int = 64,
+    causal: bool = True,
+    backward: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> None:
+    """One :class:`LSHSelfAttention` call on random inputs (and its backward): a workload.
+
+    It builds its own inputs, so it can run in a fresh process to measure peak memory
+    (see :func:`longctx_lib.measure.peak_memory`).
+    """
+    from .device import resolve_device
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    layer = LSHSelfAttention(heads * head_dim, heads, n_hashes=n_hashes, chunk_size=chunk_size).to(dev, dtype)
+    x = torch.randn(batch, length, heads * head_dim, device=dev, dtype=dtype, requires_grad=backward)
+    with torch.set_grad_enabled(backward):
+        y = layer(x, causal=causal, generator=torch.Generator(device=dev).manual_seed(seed))
+        if backward:
+            y.sum().backward()
