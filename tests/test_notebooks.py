@@ -44,6 +44,9 @@ def test_ch1_paper_arithmetic_and_cost_model(ch1):
     # The reference holds scores and weights at once: between 1.5 and 4 score matrices.
     assert 1.5 <= ch1["measured_over_model"] <= 4.0
     assert ch1["max_len_16gib"] > ch1["max_len_16gib_real"]
+    # The calculator: 16 GiB / (8 heads * 2 bytes) = 2**30 pairs = 32768**2.
+    assert ch1["fits_16gib_8h_bf16"] == 32768
+    assert ch1["fits_80gib_8h_bf16"] ** 2 * 16 <= 80 * 2**30 < (ch1["fits_80gib_8h_bf16"] + 1) ** 2 * 16
 
 
 def test_ch1_saved_activations(ch1):
