@@ -9,7 +9,10 @@ Steps
      ``references.bib``, ``book/`` (with the *executed* notebooks in place of the
      committed, output-free ones), and copies of ``longctx_lib/`` (and
      ``benchmarks/``) so that ``literalinclude`` with source-root paths such as
-     ``/longctx_lib/attention.py`` resolves.
+     ``/longctx_lib/attention.py`` resolves; MathJax 2.7 from the
+     ``jupyter-server-mathjax`` package goes to ``_local_static/mathjax/`` (published
+     as ``_static/mathjax/``, see ``mathjax_path`` in ``_config.yml``), so equations
+     typeset without a network connection.
   3. ``jupyter-book build <staging> -W --keep-going --all``: every warning fails the
      build. ``_config.yml`` sets ``execute_notebooks: "off"``, so Jupyter Book
      never runs a notebook a second time.
@@ -48,6 +51,9 @@ CODE_DIRS = ("longctx_lib", "benchmarks")
 ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
 IGNORE_NAMES = ("__pycache__", "*.pyc", ".ipynb_checkpoints", ".*")
 IGNORE = shutil.ignore_patterns(*IGNORE_NAMES)
+# Extra static files, published under _static/ (html_static_path in _config.yml). Not
+# named _static: Jupyter Book would add every .js file in a _static/ folder to each page.
+LOCAL_STATIC = "_local_static"
 
 __all__ = ["BookBuild", "BookBuildError", "build", "toc_files", "toc_notebooks"]
 
@@ -161,7 +167,22 @@ def _stage(root: Path, staging: Path, executed: dict[str, Path]) -> None:
     for name in CODE_DIRS:
         if (root / name).is_dir():
             shutil.copytree(root / name, staging / name, ignore=IGNORE)
+    shutil.copytree(mathjax_dir(), staging / LOCAL_STATIC / "mathjax", ignore=IGNORE)
 
+
+def mathjax_dir() -> Path:
+    """MathJax 2.7's static files (``MathJax.js``, ``jax/``, ``fonts/``...), from jupyter-server-mathjax."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError as e:
+        raise BookBuildError(
+            "jupyter-server-mathjax is not installed (it provides MathJax for offline equations); "
+            "run `make venv`"
+        ) from e
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (static / "MathJax.js").is_file():
+        raise BookBuildError(f"no MathJax.js in {static}; reinstall jupyter-server-mathjax")
+    return static
 
 
 def build(

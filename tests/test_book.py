@@ -186,8 +186,8 @@ def test_api_page_documents_the_library(built_book):
             )
 
 
-def test_intro_renders_the_bibliography(built_book):
-    text = page(built_book, "book/intro").read_text(encoding="utf-8")
+def test_references_page_renders_the_bibliography(built_book):
+    text = page(built_book, "book/references").read_text(encoding="utf-8")
     for title in ("Reformer: The Efficient Transformer", "Attention Is All You Need", "Recurrent Memory Transformer"):
         # pybtex's styles lower-case titles ("Reformer: the efficient transformer")
         assert title.lower() in html.unescape(text).lower(), f"bibliography lacks {title!r}"
