@@ -9,6 +9,7 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.transformer` - a plain pre-LN transformer, the baseline (ch. 1)
 - :mod:`longctx_lib.lsh` - LSH attention: hash, sort, chunk, multi-round (ch. 2)
 - :mod:`longctx_lib.tasks` - synthetic long-context tasks, made on the fly (ch. 2 onwards)
+- :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
 from . import attention, costs, device, lsh, measure, tasks, transformer

@@ -37,6 +37,12 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None
 
     Query i sees keys ``j <= i`` (top-left aligned, as in PyTorch's ``is_causal``).
     """
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (q_len, k_len)):
+        raise ValueError(
+            f"q_len and k_len must be non-negative integers; got q_len={q_len!r}, k_len={k_len!r}"
+        )
+    if device is not None:
+        device = resolve_device(device)
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).triu(1)
 
 
@@ -91,6 +97,13 @@ def _check_padding(key_padding_mask: Tensor | None, q: Tensor, k: Tensor) -> Non
         )
 
 
+def _check_dropout(name: str, p: float) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1); got {p!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {p}")
+
+
 def _blocked(
     q: Tensor, k: Tensor, causal: bool, key_padding_mask: Tensor | None
 ) -> Tensor | None:
@@ -137,8 +150,14 @@ def scaled_dot_product_attention(
     """
     _check_qkv(q, k, v)
     _check_padding(key_padding_mask, q, k)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    _check_dropout("dropout_p", dropout_p)
+    if causal is not True and causal is not False:
+        raise TypeError(f"causal must be True or False; got {causal!r}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"scale must be a positive number or None; got {scale!r}")
+        if not scale > 0:
+            raise ValueError(f"scale must be a positive number or None; got {scale!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Lq, Lk): the O(L^2) tensor
@@ -176,6 +195,7 @@ def attention(
     Shapes as in :func:`scaled_dot_product_attention`. Both compute the same function;
     the fused kernel never stores the score matrix.
     """
+    _check_dropout("dropout_p", dropout_p)
     if impl == "naive":
         return scaled_dot_product_attention(
             q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p
@@ -190,6 +210,14 @@ def attention(
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
     # Rows with no visible key: zero them, as the reference does (SDPA may give NaN).
     return out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (then mixed dtypes are autocast's to handle)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled())
 
 
 class MultiHeadAttention(nn.Module):
@@ -215,6 +243,7 @@ class MultiHeadAttention(nn.Module):
             )
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+        _check_dropout("dropout", dropout)
         self.d_model, self.n_heads, self.impl, self.dropout = d_model, n_heads, impl, dropout
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
@@ -223,9 +252,17 @@ class MultiHeadAttention(nn.Module):
         self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None
     ) -> Tensor:
         """``x`` ``(batch, length, d_model)`` -> ``(batch, length, d_model)``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (batch, length, d_model); got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must have shape (batch, length, d_model={self.d_model}); got {tuple(x.shape)}"
+            )
+        weight = self.qkv.weight
+        if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x must have the dtype of the module's weights ({weight.dtype}); got {x.dtype}. "
+                f"Use x.to({weight.dtype}) or module.to({x.dtype})"
             )
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, hd)
@@ -255,6 +292,8 @@ def attention_step(
     for name, value in (("length", length), ("batch", batch), ("heads", heads), ("head_dim", head_dim)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype}")
     dev = resolve_device(device)
     g = torch.Generator(device="cpu").manual_seed(seed)
     shape = (batch, heads, length, head_dim)

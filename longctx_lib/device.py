@@ -80,7 +80,7 @@ def describe_device(device: str | torch.device | None = "auto") -> str:
 
 def synchronize(device: str | torch.device) -> None:
     """Wait for queued kernels on ``device`` to finish (a no-op on the CPU)."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elif dev.type == "mps":

@@ -58,6 +58,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .device import resolve_device
+
 __all__ = [
     "SELF_MASK_VALUE",
     "default_n_buckets",
@@ -121,6 +123,9 @@ def default_n_buckets(length: int, chunk_size: int, *, factorise_above: int | No
     """
     _check_positive_int("length", length)
     _check_positive_int("chunk_size", chunk_size)
+    if factorise_above is not None and (isinstance(factorise_above, bool) or not isinstance(factorise_above, int)
+                                        or factorise_above < 1):
+        raise TypeError(f"factorise_above must be a positive int or None; got {factorise_above!r}")
     power = max(1, (2 * max(1, length // chunk_size)).bit_length() - 1)
     if factorise_above is None:
         factorise_above = 2 * max(chunk_size, int(math.sqrt(length / chunk_size)))
@@ -148,6 +153,10 @@ def random_rotations(
     factors = _check_n_buckets(n_buckets)
     _check_positive_int("dim", dim)
     _check_positive_int("n_hashes", n_hashes)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype}")
+    if device is not None:
+        device = resolve_device(device)
     draw_device = generator.device if generator is not None else device
     r = torch.randn(dim, n_hashes, _rotation_size(factors), generator=generator, device=draw_device,
                     dtype=torch.float64 if dtype == torch.float64 else torch.float32)
@@ -401,6 +410,8 @@ def lsh_attention(
         The output ``(batch, heads, length, dim_v)`` in ``v``'s dtype (and the buckets).
     """
     _check_inputs(qk, v)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False; got {causal!r}")
     factors = _check_n_buckets(n_buckets)
     _check_positive_int("n_hashes", n_hashes)
     _check_positive_int("chunk_size", chunk_size)
@@ -520,6 +531,11 @@ class LSHSelfAttention(nn.Module):
             raise ValueError(
                 f"x must have shape (batch, length, d_model={self.d_model}); got "
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            )
+        weight = self.qk.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x must have the dtype of the module's weights ({weight.dtype}); got {x.dtype}. Use .to(dtype)"
             )
         b, n, _ = x.shape
         rounds = self.n_hashes if n_hashes is None else n_hashes

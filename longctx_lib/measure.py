@@ -30,6 +30,11 @@ import torch
 
 from .device import resolve_device, synchronize
 
+
+def _check_fn(fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (the function to measure); got {type(fn).__name__}")
+
 __all__ = ["Timing", "time_fn", "peak_memory", "saved_tensor_bytes", "fit_loglog_slope"]
 
 
@@ -39,6 +44,13 @@ class Timing:
 
     median: float
     times: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.median, bool) or not isinstance(self.median, (int, float)) or not self.median >= 0:
+            raise ValueError(f"median must be a number >= 0 seconds; got {self.median!r}")
+        if not isinstance(self.times, tuple) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 for t in self.times):
+            raise ValueError(f"times must be a tuple of numbers >= 0 seconds; got {self.times!r}")
 
 
 def time_fn(
@@ -53,6 +65,7 @@ def time_fn(
 
     ``device`` says which device to synchronise before and after each call.
     """
+    _check_fn(fn)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
     dev = resolve_device(device)
@@ -136,6 +149,7 @@ def peak_memory(
     costs (thread pools, the autograd engine, lazily allocated buffers) are not
     counted; freed memory is handed back to the OS before measuring.
     """
+    _check_fn(fn)
     dev = resolve_device(device)
     if dev.type == "cuda":
         if warmup:
@@ -176,6 +190,7 @@ def saved_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int
     they exist whether or not backward is planned. Everything else (activations, masks,
     intermediate results) is.
     """
+    _check_fn(fn)
     seen: dict[tuple[str, int], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .device import resolve_device
+
 __all__ = ["duplication_batch", "duplication_targets_mask", "duplication_accuracy"]
 
 
@@ -38,6 +40,7 @@ def duplication_batch(
         raise ValueError(f"batch must be a positive integer; got {batch!r}")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an integer >= 2 (0 is the separator); got {vocab_size!r}")
+    device = resolve_device(device) if device is not None else None
     half = length // 2
     w = torch.randint(1, vocab_size, (batch, half - 1), generator=generator)
     zero = torch.zeros(batch, 1, dtype=torch.long)
@@ -64,6 +67,11 @@ def duplication_accuracy(logits: Tensor, tokens: Tensor) -> float:
         logits: ``(batch, length, vocab)`` next-token logits.
         tokens: ``(batch, length)`` the input sequences.
     """
+    for name, t in (("logits", logits), ("tokens", tokens)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"tokens must be an integer tensor; got dtype {tokens.dtype}")
     if logits.dim() != 3 or tokens.dim() != 2 or logits.shape[:2] != tokens.shape:
         raise ValueError(
             "logits must be (batch, length, vocab) and tokens (batch, length) with the same "

@@ -21,6 +21,13 @@ def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def _check_x(x: Tensor, d_model: int) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (batch, length, d_model); got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"x must have shape (batch, length, d_model={d_model}); got {tuple(x.shape)}")
+
+
 class FeedForward(nn.Module):
     """Position-wise feed-forward: ``Linear(d_model, d_ff) -> GELU -> Linear(d_ff, d_model)``.
 
@@ -35,8 +42,10 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(d_model, d_ff), nn.GELU(), _dropout(dropout), nn.Linear(d_ff, d_model)
         )
+        self.d_model = d_model
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_x(x, self.d_model)
         return self.net(x)
 
 
@@ -52,10 +61,12 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, d_ff, dropout=dropout)
         self.drop = _dropout(dropout)
+        self.d_model = d_model
 
     def forward(
         self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None
     ) -> Tensor:
+        _check_x(x, self.d_model)
         x = x + self.drop(self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask))
         return x + self.drop(self.ff(self.norm2(x)))
 

@@ -8,6 +8,11 @@ it did, and scores are read from the gradebook.
     nb = course.submission(answers={"masked_attention": code})  # student version, filled in
     graded = course.autograde("alice", nb)                      # submit, autograde, read scores
     graded.total, graded.max_total, graded.scores["test_..."]
+    graded.errors["test_..."]       # what the autograded notebook says went wrong in that cell
+    course.feedback("alice")        # nbgrader generate_feedback: the HTML a student gets
+
+``Course(..., config={"Execute": {"timeout": 30}})`` overrides the repository's nbgrader
+settings for this course only (e.g. a short per-cell timeout for a test).
 """
 
 from __future__ import annotations
@@ -47,6 +52,20 @@ class GradedSubmission:
     sha256_before: str  # the submitted file, before and after grading
     sha256_after: str
     log: str = field(repr=False, default="")
+    autograded: nbformat.NotebookNode | None = field(repr=False, default=None)  # with its outputs
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Every code cell's error outputs as text, by grade_id (or cell id): 'ename: evalue' lines."""
+        found = {}
+        for cell in (self.autograded.cells if self.autograded is not None else []):
+            if cell.cell_type != "code":
+                continue
+            text = "\n".join(f"{o.get('ename')}: {o.get('evalue')}" for o in cell.get("outputs", [])
+                             if o.get("output_type") == "error")
+            if text:
+                found[cell.metadata.get("nbgrader", {}).get("grade_id", cell.get("id"))] = text
+        return found
 
     @property
     def total(self) -> float:
@@ -73,8 +92,9 @@ class Course:
     pointed at ``root`` and a gradebook inside it, so nothing is written to the repository.
     """
 
-    def __init__(self, root: Path, assignment: str, repo: Path = REPO):
+    def __init__(self, root: Path, assignment: str, repo: Path = REPO, config: Mapping | None = None):
         from nbgrader.apps import NbGraderAPI
+        from traitlets.config import Config
 
         gen = load_script("generate_student")
         gen.ensure_alembic_on_path()
@@ -82,6 +102,8 @@ class Course:
         shutil.copytree(repo / gen.SOURCE_DIR / assignment, self.root / gen.SOURCE_DIR / assignment,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         self.config = gen.nbgrader_config(self.root, repo)
+        if config:
+            self.config.merge(Config({section: dict(values) for section, values in config.items()}))
         self.db_url = self.config.CourseDirectory.db_url
         self.api = NbGraderAPI(config=self.config)
         result = self.api.generate_assignment(assignment, force=True, create=True)
@@ -136,4 +158,22 @@ class Course:
             sha256_before=before,
             sha256_after=_sha256(path),
             log=log,
+            autograded=nbformat.read(self.root / "autograded" / student / self.assignment
+                                     / f"{self.notebook_name}.ipynb", as_version=4),
         )
+
+    def feedback(self, student: str) -> str:
+        """nbgrader ``generate_feedback`` for ``student`` (already autograded): the HTML, as text."""
+        result = self.api.generate_feedback(self.assignment, student, force=True)
+        assert result["success"], f"generate_feedback of {student} failed:\n{result.get('log')}\n{result.get('error')}"
+        return (self.root / "feedback" / student / self.assignment / f"{self.notebook_name}.html").read_text(
+            encoding="utf-8")
+
+    def scores_in_gradebook(self, student: str) -> dict[str, float]:
+        """``student``'s autograded code-cell scores as the gradebook holds them now."""
+        from nbgrader.api import Gradebook
+
+        with Gradebook(self.db_url) as gb:
+            grades = [g.to_dict() for g in
+                      gb.find_submission_notebook(self.notebook_name, self.assignment, student).grades]
+        return {g["name"]: g["auto_score"] or 0.0 for g in grades if g["cell_type"] == "code"}

@@ -283,7 +283,13 @@ def test_colab_links_in_notebooks_and_book_sources_open_files_that_exist():
         if src.suffix == ".ipynb":  # cell sources only (not outputs)
             text = "\n".join("".join(c.get("source", "")) for c in json.loads(text)["cells"])
         for url in LAUNCH_LINK.findall(text):
+            if urlsplit(url).path.startswith("/assets/"):  # the badge's image, not a launch link
+                continue
             links.setdefault(url.rstrip(".,"), set()).add(src.relative_to(REPO).as_posix())
+    # every student notebook opens with a Colab badge
+    for nb in sorted((REPO / "notebooks").rglob("*.ipynb")):
+        rel = nb.relative_to(REPO).as_posix()
+        assert any(u.endswith("/" + rel) for u in links), f"{rel} has no Colab badge pointing at itself"
     problems = _check_launch_links(links)
     assert not problems, "\n".join(problems)
 

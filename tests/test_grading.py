@@ -56,14 +56,15 @@ WRONG = {
         {"masked_attention": _ATTENTION.format(scores="q @ k.transpose(-2, -1)", diagonal=1)},
         {"test_masked_attention_values", "test_masked_attention_gradients"},
     ),
-    # Right values, but through the library (bound with from-import, before grading):
-    # the hidden tests make the library raise, so only the visible tests pay.
+    # Right values, but through the library (bound with from-import, before grading): the
+    # grader finds the library named in the student's code, and while the tests run the
+    # library raises; no test of exercise 1 pays. Exercises 2 and 3 are untouched.
     "calls_library": (
         {"masked_attention": (
             "from longctx_lib.attention import scaled_dot_product_attention as _reference\n\n\n"
             "def masked_attention(q, k, v, causal=False, key_padding_mask=None):\n"
             "    return _reference(q, k, v, causal=causal, key_padding_mask=key_padding_mask)\n")},
-        ATTENTION_TESTS - {"test_masked_attention_visible"},
+        ATTENTION_TESTS,
     ),
     # Masks by adding a -inf bias, then turns the NaN rows (queries that see no key) into
     # zeros after the softmax: the forward pass is right, the gradients of q and k are NaN.

@@ -1,0 +1,727 @@
+"""Tamper-resistant autograding: the verdict is reached outside the student's kernel.
+
+Used by the assignments (every chapter's hidden tests) and by ``nbgrader_config.py``;
+chapter 1's assignment introduces the pattern. Students never need to call it.
+
+Why: the student's cells run before the hidden tests, in the same kernel. Anything a
+test cell does in that kernel can be undone from there: ``torch.allclose`` or
+``torch.Tensor.__sub__`` redefined, the library's reference patched to be the
+student's function, IPython's ``showtraceback`` silenced so that a failing cell shows
+no error, later cells skipped. No check that runs in the kernel can be trusted.
+
+The design (a *suite* is a named set of cases for one graded function):
+
+1. Before the notebook runs, the grader (nbgrader's process, which never executes
+   student code) draws the inputs of every suite the notebook's locked test cells name
+   and writes them, as plain tensors and numbers, to a private folder
+   (``$LONGCTX_GRADER_DIR``).
+2. In the kernel, a test cell calls :func:`check` with the student's function. It runs
+   the function on those inputs with the library's own versions blocked
+   (:func:`graded_on_its_own`) and writes the outputs back (data only, no code). It
+   also compares them with the library there and then, for quick feedback (that local
+   comparison is only advice: the kernel may be tampered with).
+3. Right after that cell, the grader loads the outputs with ``torch.load(weights_only=True)``,
+   computes the expected values itself from its own pristine inputs and its own copy of
+   the library (imported before any student code ran), compares, and writes the verdict
+   into the cell's outputs. No outputs (the cell was skipped, the kernel died) is a
+   failure. A student who wants the points has to produce the right numbers.
+4. Student-written cells are scanned (AST) for references to the library functions a
+   suite grades; any makes that suite fail ("calling the library instead of writing one").
+
+Run without the grader (papermill, ``nbgrader validate``, a student's own kernel),
+:func:`check` draws the cases itself and compares locally.
+
+The nbgrader side (:class:`GradingExecute`, built lazily so that importing this module
+does not import nbgrader) also limits the kernel's memory, survives kernel crashes and
+timeouts (the cell that killed the kernel is recorded as failed and the rest of the
+notebook runs again in a fresh kernel), and refuses partial-credit tricks.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import math
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import attention as _attention_module
+from . import costs as _costs_module
+
+__all__ = ["Suite", "SUITES", "check", "graded_on_its_own", "draw_cases", "verify", "referenced_library_names",
+           "forbidden_uses", "make_execute_preprocessor", "GRADER_DIR_ENV"]
+
+GRADER_DIR_ENV = "LONGCTX_GRADER_DIR"
+MAX_OUTPUT_BYTES = 64 * 2**20  # outputs file larger than this: refused unread
+
+# The grader's pristine references, bound when this module is first imported: in the
+# grader's process that is before any student code runs, and nothing there patches them.
+_REF_SDPA = _attention_module.scaled_dot_product_attention
+_REF_SCORE_BYTES = _costs_module.score_matrix_bytes
+_REF_FLOPS = _costs_module.attention_flops
+_REF_MAX_LENGTH = _costs_module.max_length_for_budget
+
+
+# ------------------------------------------------------------------ graded on its own
+@contextlib.contextmanager
+def graded_on_its_own(*functions: Callable[..., Any], sdpa: bool = True) -> Iterator[None]:
+    """While active, calling any of ``functions`` (or torch's fused SDPA if ``sdpa``) raises.
+
+    The functions' code objects are swapped, so names bound with ``from ... import`` raise too.
+    """
+    def _forbidden(*args, **kwargs):
+        raise AssertionError(
+            "graded on its own: do not call longctx_lib's or torch's version of the function you write")
+
+    for f in functions:
+        if not callable(f) or not hasattr(f, "__code__"):
+            raise TypeError(f"functions must be Python functions (with a __code__); got {type(f).__name__}")
+    saved = [(f, f.__code__) for f in functions]
+    saved_sdpa = F.scaled_dot_product_attention
+    try:
+        for f, _ in saved:
+            f.__code__ = _forbidden.__code__
+        if sdpa:
+            F.scaled_dot_product_attention = _forbidden
+        yield
+    finally:
+        for f, code in saved:
+            f.__code__ = code
+        F.scaled_dot_product_attention = saved_sdpa
+
+
+# ----------------------------------------------------------------------------- suites
+@dataclass(frozen=True)
+class Suite:
+    """Cases for one graded function, and how to run, reference and compare them.
+
+    ``cases(seed)`` returns a list of dicts of plain data (tensors, numbers, bools, None,
+    strings). ``run(fn, case)`` calls the student's function; ``reference(case)`` the
+    library's; ``compare(got, expected, case)`` returns None or what is wrong. ``forbidden``:
+    dotted names of library objects the student may not use for this function.
+    """
+
+    name: str
+    cases: Callable[[int], list[dict]]
+    run: Callable[[Callable[..., Any], dict], Any]
+    reference: Callable[[dict], Any]
+    compare: Callable[[Any, Any, dict], str | None]
+    describe: Callable[[dict], str]
+    forbidden: tuple[str, ...] = ()
+    blocked: Callable[[], tuple[Callable[..., Any], ...]] = field(default=lambda: ())
+    seed: int = 0
+
+
+SUITES: dict[str, Suite] = {}
+
+
+def _suite(suite_name: Any) -> Suite:
+    if suite_name not in SUITES:
+        raise ValueError(f"suite_name must be one of {sorted(SUITES)}; got {suite_name!r}")
+    return SUITES[suite_name]
+
+
+def _register(suite: Suite) -> Suite:
+    SUITES[suite.name] = suite
+    return suite
+
+
+def _tensor_problem(got: Any, expected: torch.Tensor, tol: float, device: str | None = None) -> str | None:
+    """What is wrong with ``got`` against ``expected`` (None if nothing). NaN fails."""
+    if not isinstance(got, torch.Tensor) or type(got) is not torch.Tensor:
+        return f"expected a torch.Tensor, got {type(got).__name__}"
+    if device is not None and str(device) != str(expected.device):
+        return f"the output is on device {device}, the inputs on {expected.device}"
+    if got.dtype != expected.dtype:
+        return f"dtype {got.dtype}, expected {expected.dtype} (the dtype of the inputs)"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    if not bool(torch.isfinite(got).all()) and bool(torch.isfinite(expected).all()):
+        return "the output contains NaN or inf"
+    err = (got.double() - expected.double()).abs().max().item() if got.numel() else 0.0
+    if not err <= tol:  # `not <=` so that NaN fails too
+        return f"max |error| {err:.3g} > {tol:g}"
+    return None
+
+
+# --- attention --------------------------------------------------------------------
+_ATTN_FORBIDDEN = ("longctx_lib.attention", "longctx_lib.scaled_dot_product_attention",
+                   "longctx_lib.MultiHeadAttention", "torch.nn.functional.scaled_dot_product_attention")
+
+
+def _attn_blocked() -> tuple[Callable[..., Any], ...]:
+    return (_attention_module.scaled_dot_product_attention, _attention_module.attention)
+
+
+def _attn_describe(c: dict) -> str:
+    pad = c.get("pad")
+    return (f"q {tuple(c['q'].shape)}, k {tuple(c['k'].shape)}, v {tuple(c['v'].shape)}, {c['q'].dtype}, "
+            f"causal={c['causal']}, padding={'none' if pad is None else pad.int().tolist()}"
+            + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _attn_run(fn: Callable[..., Any], c: dict) -> Any:
+    return fn(c["q"], c["k"], c["v"], causal=c["causal"], key_padding_mask=c.get("pad"))
+
+
+def _attn_reference(c: dict) -> torch.Tensor:
+    return _REF_SDPA(c["q"], c["k"], c["v"], causal=c["causal"], key_padding_mask=c.get("pad"))
+
+
+def _attn_compare(got: Any, expected: torch.Tensor, c: dict) -> str | None:
+    return _tensor_problem(got, expected, c["tol"], c.get("_device"))
+
+
+def _attn_small_cases(seed: int) -> list[dict]:
+    """float32, small: shapes, masks, a query that sees no key. Head size 1 for q and k, as
+    in the visible hand-worked case, so that these cases check what the visible tests check
+    (the scale 1/sqrt(d) is 1 here; the hidden suites check it)."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i, (b, h, lq, lk, dv) in enumerate([(2, 3, 5, 7, 6), (2, 3, 6, 6, 6), (1, 1, 1, 2, 1), (2, 2, 6, 6, 5)]):
+        q, k = torch.randn(b, h, lq, 1, generator=gen), torch.randn(b, h, lk, 1, generator=gen)
+        v = torch.randn(b, h, lk, dv, generator=gen)
+        pad = None
+        if i >= 2:
+            pad = torch.zeros(b, lk, dtype=torch.bool)
+            pad[0, -1:] = True
+            if b > 1:
+                pad[1, :] = True  # batch element 1 sees no key
+        for causal in (False, True):
+            cases.append({"q": q, "k": k, "v": v, "causal": causal, "pad": pad, "tol": 1e-5})
+    return cases
+
+
+def _attn_value_cases(seed: int) -> list[dict]:
+    """float64 on random shapes, seeds and masks (queries that see no key included), one float32."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(60):
+        b, h, lq, lk = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 9), rng.randint(1, 9)
+        d, dv = rng.randint(2, 8), rng.randint(1, 8)
+        q = 2 * torch.randn(b, h, lq, d, generator=gen, dtype=torch.float64)
+        k = 2 * torch.randn(b, h, lk, d, generator=gen, dtype=torch.float64)
+        v = torch.randn(b, h, lk, dv, generator=gen, dtype=torch.float64)
+        pad = None
+        if i % 3:
+            pad = torch.rand(b, lk, generator=gen) < 0.3
+            if i % 5 == 0:
+                pad[0] = True
+        # Tolerance: float64 rounding at these sizes is ~1e-15; 1e-10 accepts any order of
+        # the operations and rejects every real mistake (a missing scale changes values by ~0.1).
+        cases.append({"q": q, "k": k, "v": v, "causal": i % 2 == 1, "pad": pad, "tol": 1e-10})
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=gen) for _ in range(3))
+    cases.append({"q": q, "k": k, "v": v, "causal": True, "pad": torch.rand(2, 16, generator=gen) < 0.25,
+                  "tol": 1e-5})
+    return cases
+
+
+def _attn_mask_cases(seed: int) -> list[dict]:
+    """Causality and padding by perturbation: keys/values changed after t, or at padding.
+
+    Head size 1 for q and k (scale 1): these cases check the masks, not the scale."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    b, h, length, d = 2, 2, 8, 4
+    for _ in range(2):
+        q, k = (torch.randn(b, h, length, 1, generator=gen, dtype=torch.float64) for _ in range(2))
+        v = torch.randn(b, h, length, d, generator=gen, dtype=torch.float64)
+        cases.append({"q": q, "k": k, "v": v, "causal": True, "pad": None, "tol": 1e-12, "note": "base"})
+        for t in range(length - 1):
+            k2, v2 = k.clone(), v.clone()
+            k2[..., t + 1:, :] += 3 * torch.randn(b, h, length - t - 1, 1, generator=gen, dtype=torch.float64)
+            v2[..., t + 1:, :] += 3 * torch.randn(b, h, length - t - 1, d, generator=gen, dtype=torch.float64)
+            cases.append({"q": q, "k": k2, "v": v2, "causal": True, "pad": None, "tol": 1e-12,
+                          "note": f"keys and values after position {t} changed"})
+        pad = torch.rand(b, length, generator=gen) < 0.4
+        pad[:, 0] = False
+        m = pad[:, None, :, None]
+        noise_k = 100 * torch.randn(k.shape, generator=gen, dtype=torch.float64)
+        noise_v = 100 * torch.randn(v.shape, generator=gen, dtype=torch.float64)
+        for causal in (False, True):
+            for kk, vv, note in ((k, v, "base"), (torch.where(m, k + noise_k, k), torch.where(m, v + noise_v, v),
+                                                   "padding keys and values changed")):
+                cases.append({"q": q, "k": kk, "v": vv, "causal": causal, "pad": pad, "tol": 1e-12, "note": note})
+    return cases
+
+
+def _grad_cases(seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(8):
+        b, h, lq, lk, d, dv = 2, 2, 3 + i % 3, 4 + i % 2, 2 + i % 4, 3
+        q = 2 * torch.randn(b, h, lq, d, generator=gen, dtype=torch.float64)
+        k = 2 * torch.randn(b, h, lk, d, generator=gen, dtype=torch.float64)
+        v = torch.randn(b, h, lk, dv, generator=gen, dtype=torch.float64)
+        pad = torch.rand(b, lk, generator=gen) < 0.3
+        if i % 4 == 0:
+            pad[1] = True
+        if i % 4 == 2:
+            pad[0, 0] = True
+        up = torch.randn(b, h, lq, dv, generator=gen, dtype=torch.float64)
+        cases.append({"q": q, "k": k, "v": v, "causal": i % 2 == 0, "pad": pad, "up": up, "tol": 1e-10})
+    return cases
+
+
+def _grads(fn: Callable[..., Any], c: dict) -> tuple:
+    leaves = [c[n].clone().requires_grad_(True) for n in "qkv"]
+    out = fn(*leaves, causal=c["causal"], key_padding_mask=c["pad"])
+    (out * c["up"]).sum().backward()
+    return tuple(t.grad for t in leaves)
+
+
+def _grad_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        return "no gradients"
+    for name, g, e in zip("qkv", got, expected):
+        if g is None:
+            return f"no gradient reaches {name}"
+        problem = _tensor_problem(g, e, c["tol"])
+        if problem:
+            return f"d/d{name}: {problem}"
+    return None
+
+
+for _name, _cases_fn in (("attention_small", _attn_small_cases), ("attention_values", _attn_value_cases),
+                         ("attention_masks", _attn_mask_cases)):
+    _register(Suite(_name, _cases_fn, _attn_run, _attn_reference, _attn_compare, _attn_describe,
+                    _ATTN_FORBIDDEN, _attn_blocked))
+_register(Suite("attention_gradients", _grad_cases, _grads, lambda c: _grads(_REF_SDPA, c), _grad_compare,
+                _attn_describe, _ATTN_FORBIDDEN, _attn_blocked))
+
+
+# --- costs ------------------------------------------------------------------------
+_COSTS_FORBIDDEN = ("longctx_lib.costs",)
+
+
+def _costs_blocked() -> tuple[Callable[..., Any], ...]:
+    return (_costs_module.score_matrix_bytes, _costs_module.attention_flops, _costs_module.bytes_per_element,
+            _costs_module.max_length_for_budget)
+
+
+def _exact_int(got: Any, expected: int) -> str | None:
+    if type(got) is not int:
+        return f"returned {got!r} ({type(got).__name__}), expected the int {expected}"
+    return None if got == expected else f"returned {got}, expected {expected}"
+
+
+def _costs_cases(seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    cases = [{"b": 1, "h": 1, "L": 65536, "d": 64, "bpe": 4}, {"b": 1, "h": 1, "L": 2, "d": 1, "bpe": 2}]
+    for _ in range(200):
+        cases.append({"b": rng.randint(1, 64), "h": rng.randint(1, 128), "L": rng.randint(1, 2**20),
+                      "d": rng.randint(1, 512), "bpe": rng.choice([1, 2, 4, 8])})
+    return cases
+
+
+def _costs_run(fns: Any, c: dict) -> tuple:
+    score_matrix_bytes, attention_flops = fns
+    return (score_matrix_bytes(c["b"], c["h"], c["L"], bytes_per_element=c["bpe"]),
+            attention_flops(c["b"], c["h"], c["L"], c["d"]))
+
+
+def _costs_reference(c: dict) -> tuple:
+    return (_REF_SCORE_BYTES(c["b"], c["h"], c["L"], dtype=c["bpe"]), _REF_FLOPS(c["b"], c["h"], c["L"], c["d"]))
+
+
+def _costs_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 2:
+        return f"returned {got!r}"
+    for what, g, e in zip(("score_matrix_bytes", "attention_flops"), got, expected):
+        problem = _exact_int(g, e)
+        if problem:
+            return f"{what} {problem}"
+    return None
+
+
+_register(Suite("costs_small", lambda seed: [{"b": 1, "h": 1, "L": 65536, "d": 64, "bpe": 4},
+                                            {"b": 1, "h": 1, "L": 3, "d": 1, "bpe": 2},
+                                            {"b": 1, "h": 1, "L": 2, "d": 1, "bpe": 4}],
+                _costs_run, _costs_reference, _costs_compare,
+                lambda c: f"batch={c['b']}, heads={c['h']}, length={c['L']}, head_dim={c['d']}, "
+                          f"bytes_per_element={c['bpe']}", _COSTS_FORBIDDEN, _costs_blocked))
+_register(Suite("costs", _costs_cases, _costs_run, _costs_reference, _costs_compare,
+                lambda c: f"batch={c['b']}, heads={c['h']}, length={c['L']}, head_dim={c['d']}, "
+                          f"bytes_per_element={c['bpe']}", _COSTS_FORBIDDEN, _costs_blocked))
+
+
+def _max_length_cases(seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    cases = [{"B": 16 * 2**30, "b": 1, "h": 1, "bpe": 4}, {"B": 3, "b": 1, "h": 1, "bpe": 4},
+             {"B": 0, "b": 1, "h": 1, "bpe": 4}]
+    for _ in range(300):
+        cases.append({"B": rng.randint(0, 10 ** rng.randint(0, 30)), "b": rng.randint(1, 16),
+                      "h": rng.randint(1, 64), "bpe": rng.choice([1, 2, 4, 8])})
+    for length in [1, 2, 3, 1000, 46_341, 65_536, 94_906_266, 94_906_267, 100_000_007, 2**32 + 15, 10**12 + 39]:
+        for b, h, bpe in [(1, 1, 4), (1, 1, 1), (3, 8, 2)]:
+            exact = b * h * length * length * bpe
+            cases += [{"B": x, "b": b, "h": h, "bpe": bpe} for x in (exact, exact - 1, exact + 1)]
+    return cases
+
+
+def _max_length_small_cases(seed: int) -> list[dict]:
+    return [{"B": B, "b": 1, "h": h, "bpe": bpe} for B, h, bpe in
+            [(16 * 2**30, 1, 4), (16 * 2**30 - 1, 1, 4), (3, 1, 4), (0, 1, 4), (4, 1, 4), (35, 1, 2),
+             (80 * 10**9, 8, 4)]]
+
+
+for _name, _cases_fn in (("max_length_small", _max_length_small_cases), ("max_length", _max_length_cases)):
+    _register(Suite(
+        _name, _cases_fn,
+        lambda fn, c: fn(c["B"], batch=c["b"], heads=c["h"], bytes_per_element=c["bpe"]),
+        lambda c: _REF_MAX_LENGTH(c["B"], batch=c["b"], heads=c["h"], dtype=c["bpe"]),
+        lambda got, exp, c: _exact_int(got, exp),
+        lambda c: f"max_length_for_budget({c['B']}, batch={c['b']}, heads={c['h']}, bytes_per_element={c['bpe']})",
+        _COSTS_FORBIDDEN, _costs_blocked))
+
+
+# ------------------------------------------------------------------- kernel side
+def _pack(value: Any) -> Any:
+    """Student output -> plain data for ``torch.save`` (tensors detached, on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        device = str(value.device)
+        if value.device.type == "meta":
+            return {"__error__": "the output is a meta tensor (no values)"}
+        return {"__tensor__": value.detach().as_subclass(torch.Tensor).to("cpu").clone(), "__device__": device}
+    if isinstance(value, (tuple, list)):
+        return tuple(_pack(v) for v in value)
+    if value is None or type(value) in (int, float, bool, str):
+        return value
+    return {"__error__": f"returned a {type(value).__name__}"}
+
+
+def _unpack(value: Any) -> tuple[Any, str | None]:
+    """Inverse of :func:`_pack` in the grader: (value, device of the first tensor)."""
+    if isinstance(value, dict) and "__tensor__" in value:
+        return value["__tensor__"], value.get("__device__")
+    if isinstance(value, dict) and "__error__" in value:
+        raise ValueError(value["__error__"])
+    if isinstance(value, tuple):
+        items = [_unpack(v) for v in value]
+        return tuple(v for v, _ in items), next((d for _, d in items if d), None)
+    return value, None
+
+
+def _failure_report(suite: Suite, failures: list[str], n: int, who: str) -> str:
+    return (f"{suite.name}: {len(failures)} of {n} cases wrong ({who}), e.g.\n" + "\n".join(failures[:3]))
+
+
+def check(suite_name: str, fn: Any) -> None:
+    """Run the student's ``fn`` on the cases of suite ``suite_name`` (in a test cell).
+
+    Under the grader (``$LONGCTX_GRADER_DIR`` set) the cases come from the grader and the
+    outputs go back to it for the verdict; otherwise the cases are drawn here. Either way
+    the outputs are also compared with the library here, and an AssertionError lists
+    the first wrong cases.
+    """
+    suite = _suite(suite_name)
+    functions = fn if isinstance(fn, tuple) else (fn,)
+    if not functions or not all(callable(f) for f in functions):
+        raise TypeError(f"fn must be the function under test (or a tuple of them); got {fn!r}")
+    folder = os.environ.get(GRADER_DIR_ENV)
+    inputs = Path(folder) / f"{suite_name}.in.pt" if folder else None
+    if inputs is not None and inputs.exists():
+        cases = torch.load(inputs, weights_only=True)
+    else:
+        cases = suite.cases(suite.seed)
+    expected = [suite.reference(c) for c in cases]  # before the library is blocked
+    outputs, failures = [], []
+    with graded_on_its_own(*suite.blocked()):
+        for case, exp in zip(cases, expected):
+            try:
+                got = suite.run(fn, case)
+            except Exception as err:  # noqa: BLE001 - any error is the student's to see
+                outputs.append({"__error__": f"{type(err).__name__}: {err}"})
+                failures.append(f"{suite.describe(case)}: raised {type(err).__name__}: {err}")
+                continue
+            outputs.append(_pack(got))
+            device = got.device if isinstance(got, torch.Tensor) else None
+            problem = suite.compare(got, exp, {**case, "_device": device})
+            if problem:
+                failures.append(f"{suite.describe(case)}: {problem}")
+    if folder:
+        torch.save(outputs, Path(folder) / f"{suite_name}.out.pt")
+    assert not failures, _failure_report(suite, failures, len(cases), "checked in this notebook")
+
+
+# ------------------------------------------------------------------- grader side
+def draw_cases(suite_name: str, folder: Path) -> list[dict]:
+    """Draw suite ``suite_name``'s cases and write them for the kernel; return them."""
+    suite = _suite(suite_name)
+    cases = suite.cases(suite.seed)
+    torch.save(cases, Path(folder) / f"{suite_name}.in.pt")
+    return cases
+
+
+def verify(suite_name: str, folder: Path, cases: list[dict]) -> list[str]:
+    """The grader's verdict on the outputs the kernel wrote: the problems found (empty: pass)."""
+    suite = _suite(suite_name)
+    path = Path(folder) / f"{suite_name}.out.pt"
+    if not path.exists():
+        return [f"{suite_name}: the test did not hand its results to the grader (the cell did not run to "
+                "its end, was skipped, or the kernel died)"]
+    if path.stat().st_size > MAX_OUTPUT_BYTES:
+        return [f"{suite_name}: the results are {path.stat().st_size:,} bytes, more than the grader reads"]
+    try:
+        outputs = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - anything but plain data is refused
+        return [f"{suite_name}: the results could not be read as plain data ({type(err).__name__})"]
+    finally:
+        path.unlink(missing_ok=True)
+    if not isinstance(outputs, list) or len(outputs) != len(cases):
+        return [f"{suite_name}: expected results for {len(cases)} cases"]
+    failures = []
+    for case, packed in zip(cases, outputs):
+        try:
+            got, device = _unpack(packed)
+        except ValueError as err:
+            failures.append(f"{suite.describe(case)}: {err}")
+            continue
+        problem = suite.compare(got, suite.reference(case), {**case, "_device": device})
+        if problem:
+            failures.append(f"{suite.describe(case)}: {problem}")
+    return [_failure_report(suite, failures, len(cases), "checked by the grader")] if failures else []
+
+
+# --------------------------------------------------------------- static checks
+def referenced_library_names(source: str) -> set[str]:
+    """Dotted names of ``longctx_lib`` (and torch's fused SDPA) that ``source`` refers to.
+
+    ``from longctx_lib.costs import x`` -> ``longctx_lib.costs.x``; ``longctx_lib.attention.f(...)``
+    -> ``longctx_lib.attention.f``; a bare ``longctx_lib`` -> ``longctx_lib``; any name, attribute
+    or string ``scaled_dot_product_attention`` -> ``torch.nn.functional.scaled_dot_product_attention``.
+    Code that does not parse refers to nothing (it fails on its own).
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a str of Python code; got {type(source).__name__}")
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    found: set[str] = set()
+    attribute_roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            # `import longctx_lib` alone is harmless (its uses are attribute chains, seen
+            # below); an alias hides those chains, so it counts as a use of the whole module.
+            found |= {a.name for a in node.names
+                      if a.name.split(".")[0] == "longctx_lib" and (a.asname or "." in a.name)}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "longctx_lib":
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Attribute):
+            parts, inner = [node.attr], node.value
+            while isinstance(inner, ast.Attribute):
+                parts.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id == "longctx_lib":
+                attribute_roots.add(id(inner))
+                found.add(".".join(["longctx_lib", *reversed(parts)]))
+        if isinstance(node, ast.Attribute) and node.attr == "scaled_dot_product_attention" or (
+                isinstance(node, ast.Name) and node.id == "scaled_dot_product_attention") or (
+                isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and "scaled_dot_product_attention" in node.value):
+            found.add("torch.nn.functional.scaled_dot_product_attention")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "longctx_lib" and id(node) not in attribute_roots:
+            found.add("longctx_lib")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "longctx_lib" in node.value:
+            found.add("longctx_lib")
+    return found
+
+
+def forbidden_uses(suite_name: str, student_sources: list[str]) -> list[str]:
+    """The library names a suite forbids that the student's cells refer to."""
+    suite = _suite(suite_name)
+    refs = set().union(*(referenced_library_names(s) for s in student_sources)) if student_sources else set()
+    bad = sorted(r for r in refs for f in suite.forbidden
+                 if r == f or r.startswith(f + ".") or f.startswith(r + "."))
+    return sorted(set(bad))
+
+
+def library_fingerprint() -> dict[str, bytes]:
+    """The library's source files as they are now: {path: bytes}."""
+    root = Path(__file__).resolve().parent
+    return {str(p): p.read_bytes() for p in sorted(root.glob("*.py"))}
+
+
+def changed_library_files(before: dict[str, bytes], restore: bool = False) -> list[str]:
+    """Library files that differ from ``before`` (and, if ``restore``, put them back)."""
+    changed = []
+    now = library_fingerprint()
+    for path in sorted(before.keys() | now.keys()):
+        if now.get(path) != before.get(path):
+            changed.append(Path(path).name)
+            if restore:
+                if path in before:
+                    Path(path).write_bytes(before[path])
+                else:
+                    Path(path).unlink(missing_ok=True)
+    return changed
+
+
+def _memory_limit_line(limit_bytes: int) -> str:
+    return (f"__import__('resource').setrlimit(__import__('resource').RLIMIT_AS, ({int(limit_bytes)}, "
+            f"{int(limit_bytes)}))")
+
+
+def make_execute_preprocessor():
+    """nbgrader's ``Execute`` preprocessor, extended (see the module docstring). Needs nbgrader."""
+    import re
+    import shutil
+    import tempfile
+
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from nbformat import NotebookNode
+    from nbgrader.preprocessors import Execute
+    from traitlets import Bool, Integer
+
+    # A locked test cell's call: ``check("suite", ...)``, ``_check("suite", ...)`` or
+    # ``grading.check("suite", ...)``. (``\bcheck`` alone would miss ``_check``: ``_`` is a word character.)
+    suite_call = re.compile(r"""(?<![A-Za-z0-9])_*check\(\s*["'](\w+)["']""")
+
+    class GradingExecute(Execute):
+        """Execute, then let the grader decide the graded cells that call :func:`check`."""
+
+        memory_limit_mb = Integer(
+            8192, help="Address-space limit of the grading kernel (RLIMIT_AS), MiB; 0 = none").tag(config=True)
+        guard_library = Bool(
+            False, help="Fail a submission whose run changed longctx_lib's files on disk, and write them "
+                        "back. Off by default: in a working tree that people edit while grading runs, "
+                        "their edits would be blamed on the student and undone. Turn it on to grade.",
+        ).tag(config=True)
+        max_output_chars = Integer(
+            100_000, help="Characters of output kept per cell (beyond: truncated)").tag(config=True)
+
+        def preprocess(self, nb, resources=None, km=None):
+            if self.memory_limit_mb > 0:
+                line = _memory_limit_line(self.memory_limit_mb * 2**20)
+                if not any("setrlimit" in a for a in self.extra_arguments):
+                    self.extra_arguments = [*self.extra_arguments, f"--IPKernelApp.exec_lines={line}"]
+            student_sources = [c.source for c in nb.cells if c.cell_type == "code"
+                               and not c.metadata.get("nbgrader", {}).get("locked", False)]
+            self._folder = Path(tempfile.mkdtemp(prefix="longctx-grader-"))
+            library_before = library_fingerprint()
+            self._cases, self._forbidden = {}, {}
+            previous = os.environ.get(GRADER_DIR_ENV)
+            os.environ[GRADER_DIR_ENV] = str(self._folder)
+            try:
+                for cell in nb.cells:
+                    if self._graded_code(cell):
+                        for name in suite_call.findall(cell.source):
+                            if name in SUITES and name not in self._cases:
+                                self._cases[name] = draw_cases(name, self._folder)
+                                self._forbidden[name] = forbidden_uses(name, student_sources)
+                return self._run_surviving_crashes(nb, resources, km)
+            finally:
+                if previous is None:
+                    os.environ.pop(GRADER_DIR_ENV, None)
+                else:
+                    os.environ[GRADER_DIR_ENV] = previous
+                shutil.rmtree(self._folder, ignore_errors=True)
+                changed = self.guard_library and changed_library_files(library_before, restore=True)
+                if changed:
+                    for cell in nb.cells:
+                        if self._graded_code(cell):
+                            self._fail(cell, "the submission changed the course library on disk "
+                                             f"({', '.join(changed)})")
+
+        @staticmethod
+        def _graded_code(cell) -> bool:
+            meta = cell.metadata.get("nbgrader", {})
+            return cell.cell_type == "code" and meta.get("grade", False) and not meta.get("solution", False)
+
+        def _run_surviving_crashes(self, nb, resources, km):
+            """Run; if a cell kills the kernel (or outlives a timeout that cannot interrupt it),
+            record it as failed and run the notebook again in a fresh kernel without it."""
+            self._killers: dict[int, str] = {}
+            original = [c.source for c in nb.cells]
+            for _ in range(len(nb.cells) + 1):
+                self._current, self._stopped = None, None
+                for stale in self._folder.glob("*.out.pt"):  # results of a run that a crash cut short
+                    stale.unlink(missing_ok=True)
+                for cell in nb.cells:
+                    if cell.cell_type == "code":
+                        cell.outputs, cell.execution_count = [], None
+                try:
+                    nb, resources = super().preprocess(nb, resources, km)
+                    break
+                except (DeadKernelError, CellTimeoutError) as err:
+                    if self._current is None or self._current in self._killers:
+                        raise
+                    what = ("the kernel died (a crash, os._exit, or too much memory)"
+                            if isinstance(err, DeadKernelError) else "it did not stop after a timeout")
+                    self._killers[self._current] = what
+                    self.km = None  # a fresh kernel next time
+                    self.kc = None
+            for index, what in self._killers.items():
+                cell = nb.cells[index]
+                cell.source = original[index]
+                cell.outputs = []
+                self._fail(cell, f"this cell was stopped: {what}. It and the cells that need it earn no points; "
+                                 "the rest of the notebook ran in a fresh kernel without it", ename="KernelDiedError")
+            return nb, resources
+
+        def preprocess_cell(self, cell, resources, index):
+            if index in getattr(self, "_killers", {}):  # skipped: it killed the kernel before
+                self._note_stopped(cell, self._killers[index])
+                return cell, resources
+            self._current = index
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            self._current = None
+            self._limit_output(cell)
+            if cell.cell_type == "code" and any(o.output_type == "error" and o.get("ename") == "CellTimeoutError"
+                                                for o in cell.outputs):
+                self._note_stopped(cell, "ran past the grader's time limit per cell and was stopped (an "
+                                         "infinite loop?)")
+            elif cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("solution", False):
+                self._stopped = None  # a new exercise's answer ran to its end
+            if self._graded_code(cell) and getattr(self, "_stopped", None):
+                self._fail(cell, f"{self._stopped[0]} above {self._stopped[1]}: what it defines may be "
+                                 "unfinished, so this exercise's tests earn nothing")
+            if self._graded_code(cell):
+                for output in cell.outputs:  # no partial credit from whatever the cell displays
+                    if output.output_type == "execute_result":
+                        output.output_type = "display_data"
+                        output.pop("execution_count", None)
+                for name in suite_call.findall(cell.source):
+                    if name not in self._cases:
+                        continue
+                    problems = verify(name, self._folder, self._cases[name])
+                    if self._forbidden.get(name):
+                        problems.append(f"{name}: your code uses {', '.join(self._forbidden[name])}; this "
+                                        "exercise must be written without the library's version")
+                    for problem in problems:
+                        self._fail(cell, problem)
+            return cell, resources
+
+        def _note_stopped(self, cell, what: str) -> None:
+            """A cell that the grader stopped: the test cells after it, up to the next answer
+            cell (the rest of its exercise), fail. A stopped test cell fails on its own."""
+            if cell.cell_type != "code" or self._graded_code(cell):
+                return
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            self._stopped = (f"the answer cell {grade_id!r}" if grade_id else "a code cell", what)
+
+        def _limit_output(self, cell) -> None:
+            if cell.cell_type != "code":
+                return
+            budget = self.max_output_chars
+            for output in cell.outputs:
+                if output.output_type == "stream":
+                    if len(output.text) > budget:
+                        output.text = output.text[:max(budget, 0)] + "\n... output truncated by the grader ...\n"
+                    budget -= len(output.text)
+
+        @staticmethod
+        def _fail(cell, message: str, ename: str = "GraderCheckFailed") -> None:
+            cell.outputs.insert(0, NotebookNode(output_type="error", ename=ename, evalue=message,
+                                                traceback=[f"{ename}: {message}"]))
+
+    return GradingExecute

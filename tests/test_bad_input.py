@@ -1,0 +1,317 @@
+"""The library under bad input (issue 10).
+
+1. Table-driven: every public callable of every ``longctx_lib`` module (found through the
+   modules' ``__all__``, so a new module is covered as soon as it exists) is called with
+   wrong shapes, dtypes, devices, lengths and parameter values, and must raise a
+   ``ValueError`` or ``TypeError`` whose message names the parameter. A public callable
+   without a row here fails :func:`test_every_public_callable_has_rows`. Known gaps are rows
+   marked ``xfail(strict=True)``: the reason gives the message the library should raise.
+2. Long sequences in float16/bfloat16: attention at a few thousand tokens gives no NaN or inf.
+3. The same seed gives the same numbers on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import longctx_lib
+
+# ------------------------------------------------------------------ the public callables
+def public_callables() -> dict[str, Any]:
+    """{"module.name": object} for every callable in the ``__all__`` of every longctx_lib module."""
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+    modules = [longctx_lib] + [importlib.import_module(f"longctx_lib.{m.name}")
+                               for m in pkgutil.iter_modules(longctx_lib.__path__) if not m.name.startswith("_")]
+    for module in sorted(modules, key=lambda m: m.__name__.count(".") == 0):  # submodules first
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or not callable(obj) or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            found[f"{obj.__module__.removeprefix('longctx_lib.')}.{obj.__qualname__}"] = obj
+    return found
+
+
+def T(*shape, dtype=torch.float32, device="cpu"):
+    return torch.zeros(*shape, dtype=dtype, device=device)
+
+
+def QKV(**changes):
+    qkv = {"q": T(1, 2, 3, 4), "k": T(1, 2, 5, 4), "v": T(1, 2, 5, 6)}
+    qkv.update(changes)
+    return qkv
+
+
+def _sdpa(**kw):
+    from longctx_lib.attention import scaled_dot_product_attention
+    args = QKV(**{k: kw.pop(k) for k in "qkv" if k in kw})
+    return scaled_dot_product_attention(args["q"], args["k"], args["v"], **kw)
+
+
+def _attention(**kw):
+    from longctx_lib.attention import attention
+    args = QKV(**{k: kw.pop(k) for k in "qkv" if k in kw})
+    return attention(args["q"], args["k"], args["v"], **kw)
+
+
+def _lsh(**kw):
+    from longctx_lib.lsh import lsh_attention
+    args = {"qk": T(1, 2, 8, 4), "v": T(1, 2, 8, 4), "n_buckets": 4, "n_hashes": 1, "chunk_size": 4}
+    args.update(kw)
+    return lsh_attention(args.pop("qk"), args.pop("v"), **args)
+
+
+def _mha_forward(x, **kw):
+    from longctx_lib.attention import MultiHeadAttention
+    return MultiHeadAttention(8, 2)(x, **kw)
+
+
+def _block_forward(x):
+    from longctx_lib.transformer import TransformerBlock
+    return TransformerBlock(8, 2, 16)(x)
+
+
+def _ff_forward(x):
+    from longctx_lib.transformer import FeedForward
+    return FeedForward(8, 16)(x)
+
+
+def _transformer_forward(x, **kw):
+    from longctx_lib.transformer import Transformer
+    return Transformer(8, 2, 16, 1)(x, **kw)
+
+
+def _cuda_absent():
+    return pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+
+
+def gap(message: str):
+    """A row the library does not pass yet; ``message`` is the error it should raise."""
+    return pytest.mark.xfail(strict=True, reason=f"library gap; proposed: {message}")
+
+
+def _nonempty(x):  # rows for objects that take no input worth checking
+    return x
+
+
+# Rows: (public callable, what is wrong, call, exception type(s), regex the message must match)
+#   The regex names the parameter (and, where it helps, the fix).
+ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
+    # attention.scaled_dot_product_attention
+    ("attention.scaled_dot_product_attention", "q is a list", lambda: _sdpa(q=[[1.0]]), TypeError, r"\bq\b", ()),
+    ("attention.scaled_dot_product_attention", "q has 3 dims", lambda: _sdpa(q=T(2, 3, 4)), ValueError, r"\bq\b.*4 dimensions", ()),
+    ("attention.scaled_dot_product_attention", "int dtype", lambda: _sdpa(q=T(1, 2, 3, 4, dtype=torch.int64)), TypeError, r"\bq\b.*floating", ()),
+    ("attention.scaled_dot_product_attention", "q/k dim differ", lambda: _sdpa(k=T(1, 2, 5, 3)), ValueError, r"q and k", ()),
+    ("attention.scaled_dot_product_attention", "k/v length differ", lambda: _sdpa(v=T(1, 2, 4, 6)), ValueError, r"k and v", ()),
+    ("attention.scaled_dot_product_attention", "batch differs", lambda: _sdpa(k=T(2, 2, 5, 4), v=T(2, 2, 5, 6)), ValueError, r"q, k and v.*\(batch, heads\)", ()),
+    ("attention.scaled_dot_product_attention", "mixed dtypes", lambda: _sdpa(k=T(1, 2, 5, 4, dtype=torch.float64)), TypeError, r"dtype", ()),
+    ("attention.scaled_dot_product_attention", "k on the meta device", lambda: _sdpa(k=T(1, 2, 5, 4, device="meta")), ValueError, r"device", ()),
+    ("attention.scaled_dot_product_attention", "float padding mask", lambda: _sdpa(key_padding_mask=T(1, 5)), TypeError, r"key_padding_mask", ()),
+    ("attention.scaled_dot_product_attention", "padding mask shape", lambda: _sdpa(key_padding_mask=T(1, 4, dtype=torch.bool)), ValueError, r"key_padding_mask", ()),
+    ("attention.scaled_dot_product_attention", "padding mask on meta", lambda: _sdpa(key_padding_mask=T(1, 5, dtype=torch.bool, device="meta")), ValueError, r"key_padding_mask", ()),
+    ("attention.scaled_dot_product_attention", "dropout_p = 1.5", lambda: _sdpa(dropout_p=1.5), ValueError, r"dropout_p", ()),
+    ("attention.scaled_dot_product_attention", "scale is a string", lambda: _sdpa(scale="x"), TypeError, r"\bscale\b", ()),
+    ("attention.scaled_dot_product_attention", "causal is a string", lambda: _sdpa(causal="yes"), TypeError, r"\bcausal\b", ()),
+    # attention.attention
+    ("attention.attention", "impl unknown", lambda: _attention(impl="flash"), ValueError, r"\bimpl\b", ()),
+    ("attention.attention", "q has 3 dims (sdpa)", lambda: _attention(q=T(2, 3, 4), impl="sdpa"), ValueError, r"\bq\b", ()),
+    ("attention.attention", "dropout_p = 1.5 (sdpa)", lambda: _attention(dropout_p=1.5, impl="sdpa"), ValueError, r"dropout_p", ()),
+    # attention.causal_mask
+    ("attention.causal_mask", "negative length", lambda: longctx_lib.attention.causal_mask(-1, 3), ValueError, r"q_len", ()),
+    ("attention.causal_mask", "cuda when absent", lambda: longctx_lib.attention.causal_mask(2, 2, device="cuda"), ValueError, r"device", (_cuda_absent(),)),
+    # attention.MultiHeadAttention
+    ("attention.MultiHeadAttention", "d_model not a multiple of n_heads", lambda: longctx_lib.attention.MultiHeadAttention(10, 3), ValueError, r"n_heads", ()),
+    ("attention.MultiHeadAttention", "impl unknown", lambda: longctx_lib.attention.MultiHeadAttention(8, 2, impl="x"), ValueError, r"\bimpl\b", ()),
+    ("attention.MultiHeadAttention", "x is 2-D", lambda: _mha_forward(T(3, 8)), ValueError, r"\bx\b.*d_model", ()),
+    ("attention.MultiHeadAttention", "x in float64 (weights float32)", lambda: _mha_forward(T(1, 3, 8, dtype=torch.float64)), (TypeError, ValueError), r"\bx\b.*dtype", ()),
+    ("attention.MultiHeadAttention", "dropout = 1.5", lambda: longctx_lib.attention.MultiHeadAttention(8, 2, dropout=1.5), ValueError, r"dropout", ()),
+    # attention.attention_step
+    ("attention.attention_step", "length 0", lambda: longctx_lib.attention.attention_step(0), ValueError, r"length", ()),
+    ("attention.attention_step", "heads 2.5", lambda: longctx_lib.attention.attention_step(8, heads=2.5), ValueError, r"heads", ()),
+    ("attention.attention_step", "impl unknown", lambda: longctx_lib.attention.attention_step(8, impl="x"), ValueError, r"\bimpl\b", ()),
+    ("attention.attention_step", "cuda when absent", lambda: longctx_lib.attention.attention_step(8, device="cuda"), ValueError, r"device", (_cuda_absent(),)),
+    ("attention.attention_step", "int dtype", lambda: longctx_lib.attention.attention_step(8, dtype=torch.int64), TypeError, r"dtype", ()),
+    # costs
+    ("costs.bytes_per_element", "a string", lambda: longctx_lib.costs.bytes_per_element("float32"), TypeError, r"dtype", ()),
+    ("costs.bytes_per_element", "0 bytes", lambda: longctx_lib.costs.bytes_per_element(0), ValueError, r"bytes_per_element", ()),
+    ("costs.score_matrix_bytes", "batch 0", lambda: longctx_lib.costs.score_matrix_bytes(0, 1, 8), ValueError, r"batch", ()),
+    ("costs.score_matrix_bytes", "length 2.5", lambda: longctx_lib.costs.score_matrix_bytes(1, 1, 2.5), ValueError, r"length", ()),
+    ("costs.score_matrix_bytes", "key_length -1", lambda: longctx_lib.costs.score_matrix_bytes(1, 1, 8, key_length=-1), ValueError, r"key_length", ()),
+    ("costs.score_matrix_bytes", "dtype a string", lambda: longctx_lib.costs.score_matrix_bytes(1, 1, 8, dtype="fp16"), TypeError, r"dtype", ()),
+    ("costs.attention_flops", "head_dim 0", lambda: longctx_lib.costs.attention_flops(1, 1, 8, 0), ValueError, r"head_dim", ()),
+    ("costs.attention_flops", "heads True", lambda: longctx_lib.costs.attention_flops(1, True, 8, 4), ValueError, r"heads", ()),
+    ("costs.max_length_for_budget", "negative budget", lambda: longctx_lib.costs.max_length_for_budget(-1), ValueError, r"budget_bytes", ()),
+    ("costs.max_length_for_budget", "float budget", lambda: longctx_lib.costs.max_length_for_budget(1.5e9), ValueError, r"budget_bytes", ()),
+    ("costs.max_length_for_budget", "heads 0", lambda: longctx_lib.costs.max_length_for_budget(100, heads=0), ValueError, r"heads", ()),
+    ("costs.transformer_activation_bytes", "n_layers 0", lambda: longctx_lib.costs.transformer_activation_bytes(batch=1, length=8, d_ff=4, n_heads=1, n_layers=0), ValueError, r"n_layers", ()),
+    ("costs.table3_memory", "unknown model", lambda: longctx_lib.costs.table3_memory("bert", batch=1, length=8, d_model=4, d_ff=4, n_heads=1, n_layers=1), ValueError, r"model", ()),
+    ("costs.table3_memory", "n_rounds 0", lambda: longctx_lib.costs.table3_memory("reformer", batch=1, length=8, d_model=4, d_ff=4, n_heads=1, n_layers=1, n_rounds=0), ValueError, r"n_rounds", ()),
+    # device
+    ("device.resolve_device", "an int", lambda: longctx_lib.device.resolve_device(3), TypeError, r"device", ()),
+    ("device.resolve_device", "tpu", lambda: longctx_lib.device.resolve_device("tpu"), ValueError, r"device", ()),
+    ("device.resolve_device", "meta", lambda: longctx_lib.device.resolve_device("meta"), ValueError, r"device", ()),
+    ("device.resolve_device", "cuda when absent", lambda: longctx_lib.device.resolve_device("cuda"), ValueError, r"device.*CUDA is not available", (_cuda_absent(),)),
+    ("device.describe_device", "nonsense", lambda: longctx_lib.device.describe_device("nonsense"), ValueError, r"device", ()),
+    ("device.synchronize", "nonsense", lambda: longctx_lib.device.synchronize("nonsense"), ValueError, r"device", ()),
+    # measure
+    ("measure.time_fn", "repeats 0", lambda: longctx_lib.measure.time_fn(lambda: None, repeats=0), ValueError, r"repeats", ()),
+    ("measure.time_fn", "fn not callable", lambda: longctx_lib.measure.time_fn(3), TypeError, r"\bfn\b", ()),
+    ("measure.time_fn", "device tpu", lambda: longctx_lib.measure.time_fn(lambda: None, device="tpu"), ValueError, r"device", ()),
+    ("measure.peak_memory", "device mps (unsupported)", lambda: longctx_lib.measure.peak_memory(lambda: None, device="meta"), ValueError, r"device", ()),
+    ("measure.peak_memory", "fn not callable", lambda: longctx_lib.measure.peak_memory(3), TypeError, r"\bfn\b", ()),
+    ("measure.saved_tensor_bytes", "fn not callable", lambda: longctx_lib.measure.saved_tensor_bytes(3), TypeError, r"\bfn\b", ()),
+    ("measure.fit_loglog_slope", "lengths differ", lambda: longctx_lib.measure.fit_loglog_slope([1, 2], [1]), ValueError, r"\bx\b.*\by\b|sequences", ()),
+    ("measure.fit_loglog_slope", "non-positive", lambda: longctx_lib.measure.fit_loglog_slope([0, 2], [1, 2]), ValueError, r"\bx\b and \by\b", ()),
+    ("measure.Timing", "negative median", lambda: longctx_lib.measure.Timing(median=-1.0, times=(-1.0,)), ValueError, r"median", ()),
+    # transformer
+    ("transformer.FeedForward", "d_model 0", lambda: longctx_lib.transformer.FeedForward(0, 4), ValueError, r"d_model", ()),
+    ("transformer.FeedForward", "dropout 1.5", lambda: longctx_lib.transformer.FeedForward(8, 4, dropout=1.5), ValueError, r"dropout", ()),
+    ("transformer.FeedForward", "x last dim wrong", lambda: _ff_forward(T(1, 3, 5)), ValueError, r"\bx\b.*d_model", ()),
+    ("transformer.TransformerBlock", "n_heads does not divide d_model", lambda: longctx_lib.transformer.TransformerBlock(8, 3, 16), ValueError, r"n_heads", ()),
+    ("transformer.TransformerBlock", "x last dim wrong", lambda: _block_forward(T(1, 3, 5)), ValueError, r"\bx\b.*d_model", ()),
+    ("transformer.Transformer", "n_layers 0", lambda: longctx_lib.transformer.Transformer(8, 2, 16, 0), ValueError, r"n_layers", ()),
+    ("transformer.Transformer", "padding mask shape", lambda: _transformer_forward(T(1, 3, 8), key_padding_mask=T(1, 4, dtype=torch.bool)), ValueError, r"key_padding_mask", ()),
+    ("transformer.Transformer", "x is 2-D", lambda: _transformer_forward(T(3, 8)), ValueError, r"\bx\b", ()),
+    # lsh (chapter 2: Reformer's LSH attention)
+    ("lsh.default_n_buckets", "length 0", lambda: longctx_lib.lsh.default_n_buckets(0, 4), ValueError, r"\blength\b", ()),
+    ("lsh.default_n_buckets", "chunk_size 2.5", lambda: longctx_lib.lsh.default_n_buckets(8, 2.5), ValueError, r"chunk_size", ()),
+    ("lsh.default_n_buckets", "factorise_above a string", lambda: longctx_lib.lsh.default_n_buckets(8, 2, factorise_above="x"), TypeError, r"factorise_above", ()),
+    ("lsh.random_rotations", "dim 0", lambda: longctx_lib.lsh.random_rotations(0, 4, 1), ValueError, r"\bdim\b", ()),
+    ("lsh.random_rotations", "odd n_buckets", lambda: longctx_lib.lsh.random_rotations(4, 3, 1), ValueError, r"n_buckets.*even", ()),
+    ("lsh.random_rotations", "n_buckets a string", lambda: longctx_lib.lsh.random_rotations(4, "8", 1), TypeError, r"n_buckets", ()),
+    ("lsh.random_rotations", "n_hashes 0", lambda: longctx_lib.lsh.random_rotations(4, 4, 0), ValueError, r"n_hashes", ()),
+    ("lsh.random_rotations", "int dtype", lambda: longctx_lib.lsh.random_rotations(4, 4, 1, dtype=torch.int64), TypeError, r"dtype", ()),
+    ("lsh.random_rotations", "device tpu", lambda: longctx_lib.lsh.random_rotations(4, 4, 1, device="tpu"), ValueError, r"device", ()),
+    ("lsh.hash_vectors", "x is a list", lambda: longctx_lib.lsh.hash_vectors([[1.0]], 4, 1), TypeError, r"\bx\b", ()),
+    ("lsh.hash_vectors", "x is 1-D", lambda: longctx_lib.lsh.hash_vectors(T(4), 4, 1), ValueError, r"\bx\b.*\(\.\.\., length, dim\)", ()),
+    ("lsh.hash_vectors", "int dtype", lambda: longctx_lib.lsh.hash_vectors(T(3, 4, dtype=torch.int64), 4, 1), (TypeError, ValueError), r"\bx\b.*floating", ()),
+    ("lsh.hash_vectors", "odd n_buckets", lambda: longctx_lib.lsh.hash_vectors(T(3, 4), 3, 1), ValueError, r"n_buckets", ()),
+    ("lsh.hash_vectors", "n_hashes 0", lambda: longctx_lib.lsh.hash_vectors(T(3, 4), 4, 0), ValueError, r"n_hashes", ()),
+    ("lsh.hash_vectors", "rotations of the wrong shape", lambda: longctx_lib.lsh.hash_vectors(T(3, 4), 4, 1, rotations=T(4, 1, 3)), ValueError, r"rotations.*random_rotations", ()),
+    ("lsh.hash_vectors", "rotations on meta", lambda: longctx_lib.lsh.hash_vectors(T(3, 4), 4, 1, rotations=T(4, 1, 2, device="meta")), ValueError, r"rotations.*\.to\(device\)", ()),
+    ("lsh.lsh_attention", "qk has 3 dims", lambda: _lsh(qk=T(2, 8, 4)), ValueError, r"\bqk\b.*4 dimensions", ()),
+    ("lsh.lsh_attention", "int dtype", lambda: _lsh(qk=T(1, 2, 8, 4, dtype=torch.int64), v=T(1, 2, 8, 4, dtype=torch.int64)), TypeError, r"\bqk\b.*floating", ()),
+    ("lsh.lsh_attention", "qk/v length differ", lambda: _lsh(v=T(1, 2, 7, 4)), ValueError, r"qk and v", ()),
+    ("lsh.lsh_attention", "mixed dtypes", lambda: _lsh(v=T(1, 2, 8, 4, dtype=torch.float64)), TypeError, r"dtype", ()),
+    ("lsh.lsh_attention", "v on meta", lambda: _lsh(v=T(1, 2, 8, 4, device="meta")), ValueError, r"device", ()),
+    ("lsh.lsh_attention", "length 0", lambda: _lsh(qk=T(1, 2, 0, 4), v=T(1, 2, 0, 4)), ValueError, r"\bqk\b.*length", ()),
+    ("lsh.lsh_attention", "chunk_size 0", lambda: _lsh(chunk_size=0), ValueError, r"chunk_size", ()),
+    ("lsh.lsh_attention", "odd n_buckets", lambda: _lsh(n_buckets=5), ValueError, r"n_buckets", ()),
+    ("lsh.lsh_attention", "buckets of the wrong shape", lambda: _lsh(buckets=torch.zeros(1, 2, 2, 8, dtype=torch.long)), ValueError, r"buckets.*\(batch, heads, n_hashes, length\)", ()),
+    ("lsh.lsh_attention", "buckets out of range", lambda: _lsh(buckets=torch.full((1, 2, 1, 8), 4, dtype=torch.long)), ValueError, r"buckets must lie in", ()),
+    ("lsh.lsh_attention", "float buckets", lambda: _lsh(buckets=T(1, 2, 1, 8)), TypeError, r"buckets.*int64", ()),
+    ("lsh.lsh_attention", "causal is a string", lambda: _lsh(causal="yes"), TypeError, r"\bcausal\b", ()),
+    ("lsh.LSHSelfAttention", "d_model not a multiple of n_heads", lambda: longctx_lib.lsh.LSHSelfAttention(10, 3), ValueError, r"n_heads", ()),
+    ("lsh.LSHSelfAttention", "n_hashes 0", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2, n_hashes=0), ValueError, r"n_hashes", ()),
+    ("lsh.LSHSelfAttention", "chunk_size 0", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2, chunk_size=0), ValueError, r"chunk_size", ()),
+    ("lsh.LSHSelfAttention", "odd n_buckets", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2, n_buckets=3), ValueError, r"n_buckets", ()),
+    ("lsh.LSHSelfAttention", "x is 2-D", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2)(T(3, 8)), ValueError, r"\bx\b.*d_model", ()),
+    ("lsh.LSHSelfAttention", "x is a list", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2)([[1.0]]), (TypeError, ValueError), r"\bx\b", ()),
+    ("lsh.LSHSelfAttention", "n_hashes 0 in forward", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2)(T(1, 3, 8), n_hashes=0), ValueError, r"n_hashes", ()),
+    ("lsh.LSHSelfAttention", "x in float64 (weights float32)", lambda: longctx_lib.lsh.LSHSelfAttention(8, 2)(T(1, 3, 8, dtype=torch.float64)), (TypeError, ValueError), r"\bx\b.*dtype", ()),
+    ("lsh.lsh_attention_step", "length 0", lambda: longctx_lib.lsh.lsh_attention_step(0), ValueError, r"\blength\b", ()),
+    ("lsh.lsh_attention_step", "chunk_size 0", lambda: longctx_lib.lsh.lsh_attention_step(64, heads=1, head_dim=4, chunk_size=0), ValueError, r"chunk_size", ()),
+    ("lsh.lsh_attention_step", "device tpu", lambda: longctx_lib.lsh.lsh_attention_step(64, device="tpu"), ValueError, r"device", ()),
+    ("lsh.lsh_attention_step", "cuda when absent", lambda: longctx_lib.lsh.lsh_attention_step(64, device="cuda"), ValueError, r"device.*CUDA is not available", (_cuda_absent(),)),
+    ("lsh.lsh_attention_step", "int dtype", lambda: longctx_lib.lsh.lsh_attention_step(64, heads=1, head_dim=4, dtype=torch.int64), TypeError, r"dtype", ()),
+    # tasks (chapter 2: the duplication task)
+    ("tasks.duplication_batch", "batch 0", lambda: longctx_lib.tasks.duplication_batch(0, 8), ValueError, r"\bbatch\b", ()),
+    ("tasks.duplication_batch", "odd length", lambda: longctx_lib.tasks.duplication_batch(2, 5), ValueError, r"\blength\b.*even", ()),
+    ("tasks.duplication_batch", "length 2", lambda: longctx_lib.tasks.duplication_batch(2, 2), ValueError, r"\blength\b.*>= 4", ()),
+    ("tasks.duplication_batch", "vocab_size 1", lambda: longctx_lib.tasks.duplication_batch(2, 8, 1), ValueError, r"vocab_size", ()),
+    ("tasks.duplication_batch", "device tpu", lambda: longctx_lib.tasks.duplication_batch(2, 8, device="tpu"), ValueError, r"device", ()),
+    ("tasks.duplication_targets_mask", "odd length", lambda: longctx_lib.tasks.duplication_targets_mask(7), ValueError, r"\blength\b", ()),
+    ("tasks.duplication_targets_mask", "float length", lambda: longctx_lib.tasks.duplication_targets_mask(8.0), ValueError, r"\blength\b", ()),
+    ("tasks.duplication_accuracy", "lengths differ", lambda: longctx_lib.tasks.duplication_accuracy(T(2, 8, 5), torch.zeros(2, 7, dtype=torch.long)), ValueError, r"logits.*tokens", ()),
+    ("tasks.duplication_accuracy", "tokens are 3-D", lambda: longctx_lib.tasks.duplication_accuracy(T(2, 8, 5), torch.zeros(2, 8, 1, dtype=torch.long)), ValueError, r"tokens", ()),
+    ("tasks.duplication_accuracy", "odd length", lambda: longctx_lib.tasks.duplication_accuracy(T(2, 5, 5), torch.zeros(2, 5, dtype=torch.long)), ValueError, r"\blength\b", ()),
+    ("tasks.duplication_accuracy", "logits is a list", lambda: longctx_lib.tasks.duplication_accuracy([[1.0]], torch.zeros(2, 8, dtype=torch.long)), TypeError, r"logits", ()),
+    ("tasks.duplication_accuracy", "float tokens", lambda: longctx_lib.tasks.duplication_accuracy(T(2, 8, 5), T(2, 8)), TypeError, r"tokens", ()),
+    # grading
+    ("grading.check", "unknown suite", lambda: longctx_lib.grading.check("nope", lambda: None), ValueError, r"suite_name", ()),
+    ("grading.check", "fn not callable", lambda: longctx_lib.grading.check("max_length", 3), TypeError, r"\bfn\b", ()),
+    ("grading.graded_on_its_own", "not a function", lambda: longctx_lib.grading.graded_on_its_own(3).__enter__(), TypeError, r"functions", ()),
+    ("grading.draw_cases", "unknown suite", lambda: longctx_lib.grading.draw_cases("nope", "."), ValueError, r"suite_name", ()),
+    ("grading.verify", "unknown suite", lambda: longctx_lib.grading.verify("nope", ".", []), ValueError, r"suite_name", ()),
+    ("grading.referenced_library_names", "source not a string", lambda: longctx_lib.grading.referenced_library_names(3), TypeError, r"source", ()),
+    ("grading.forbidden_uses", "unknown suite", lambda: longctx_lib.grading.forbidden_uses("nope", []), ValueError, r"suite_name", ()),
+]
+# Public callables whose inputs there is nothing to check on, and why.
+NOTHING_TO_CHECK = {
+    "grading.Suite": "a frozen record of functions, built only by the library itself",
+    "grading.make_execute_preprocessor": "takes no arguments",
+}
+
+
+def test_every_public_callable_has_rows():
+    covered = {row[0] for row in ROWS} | set(NOTHING_TO_CHECK)
+    missing = sorted(set(public_callables()) - covered)
+    assert not missing, f"public callables without a bad-input row in tests/test_bad_input.py: {missing}"
+    unknown = sorted(covered - set(public_callables()))
+    assert not unknown, f"rows for names that are not public callables: {unknown}"
+
+
+@pytest.mark.parametrize(
+    "target, call, errors, pattern",
+    [pytest.param(t, call, errors, pattern, marks=marks, id=f"{t}: {what}") for t, what, call, errors, pattern, marks in ROWS],
+)
+def test_bad_input_raises_a_clear_error(target, call, errors, pattern):
+    with pytest.raises(errors) as info:
+        call()
+    assert re.search(pattern, str(info.value)), f"{target}: the message does not name the parameter: {info.value}"
+
+
+# --------------------------------------------------------- long sequences in half precision
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+def test_long_sequences_in_half_precision_stay_finite(dtype, impl):
+    """3,072 tokens, 2 heads of 64. q and k of standard deviation 2 give scores up to |s| ~ 23,
+    and exp(23) ~ 1e10 is far beyond float16's largest number (65504): the softmax must
+    subtract the row maximum. The output must be finite and close to float64."""
+    from longctx_lib.attention import attention
+
+    length = 3072
+    gen = torch.Generator().manual_seed(0)
+    q, k = (2 * torch.randn(1, 2, length, 64, generator=gen) for _ in range(2))
+    v = torch.randn(1, 2, length, 64, generator=gen)
+    pad = torch.zeros(1, length, dtype=torch.bool)
+    pad[0, -100:] = True
+    # Tolerance: a score s is rounded by |s| * eps (eps = 2**-11 for float16, 2**-8 for
+    # bfloat16), so the weights by a factor ~exp(23 eps): output errors up to ~0.01 (float16)
+    # and ~0.1 (bfloat16) are rounding; a broken softmax gives NaN or errors of order 1.
+    tol = {torch.float16: 0.05, torch.bfloat16: 0.25}[dtype]
+    for causal, mask in ((True, None), (False, pad)):
+        out = attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=causal, key_padding_mask=mask, impl=impl)
+        assert out.dtype == dtype
+        assert torch.isfinite(out).all(), f"{impl} {dtype} causal={causal}: NaN or inf at {length} tokens"
+        ref = attention(q.double(), k.double(), v.double(), causal=causal, key_padding_mask=mask)
+        err = (out.double() - ref).abs().max().item()
+        assert err < tol, f"{impl} {dtype}: max |error| {err:.3g} against float64 (tolerance {tol})"
+
+
+# --------------------------------------------------------------------------- same seed
+def test_same_seed_same_numbers_on_cpu():
+    from longctx_lib.attention import scaled_dot_product_attention
+    from longctx_lib.transformer import Transformer
+
+    def run(seed):
+        torch.manual_seed(seed)
+        model = Transformer(32, 4, 64, 2, dropout=0.1)
+        x = torch.randn(2, 16, 32)
+        y = model(x, causal=True)  # training mode: dropout draws from the global generator
+        q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+        z = scaled_dot_product_attention(q, k, v, dropout_p=0.3, generator=torch.Generator().manual_seed(seed))
+        return y, z
+
+    (y1, z1), (y2, z2), (y3, _) = run(0), run(0), run(1)
+    assert torch.equal(y1, y2) and torch.equal(z1, z2), "the same seed must give bit-identical results on the CPU"
+    assert not torch.equal(y1, y3), "a different seed should change the numbers"
