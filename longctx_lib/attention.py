@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .device import resolve_device
 
 __all__ = [
+    "check_head_tensors",
     "scaled_dot_product_attention",
     "attention",
     "causal_mask",
@@ -46,8 +47,13 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).triu(1)
 
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def check_head_tensors(**tensors: Tensor) -> None:
+    """Check attention inputs given by name: 4-D ``(batch, heads, length, dim)``, floating
+    point, one dtype, one device. Raises a TypeError/ValueError naming the argument.
+
+    Shared by every attention implementation of the course (chapters 1, 2, 5, 6).
+    """
+    for name, t in tensors.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
@@ -57,6 +63,19 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
             )
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    names = " and ".join(", ".join(tensors).rsplit(", ", 1))
+    values = list(tensors.values())
+    if len({t.dtype for t in values}) > 1:
+        raise TypeError(f"{names} must share a dtype; got {', '.join(str(t.dtype) for t in values)}")
+    if len({t.device for t in values}) > 1:
+        raise ValueError(
+            f"{names} must be on one device; got {', '.join(str(t.device) for t in values)}. "
+            "Move them with .to(device)."
+        )
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    check_head_tensors(q=q, k=k, v=v)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must share the last (dim) axis; got q {tuple(q.shape)} and k {tuple(k.shape)}"
@@ -69,13 +88,6 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(
             "q, k and v must share (batch, heads); got "
             f"{tuple(q.shape[:2])}, {tuple(k.shape[:2])}, {tuple(v.shape[:2])}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(
-            f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}. "
-            "Move them with .to(device)."
         )
 
 

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import check_head_tensors
 from .device import resolve_device
 
 __all__ = [
@@ -236,26 +237,11 @@ def _check_rotations(rotations: Tensor, dim: int, factors: tuple[int, ...], n_ha
 
 # ----------------------------------------------------------------------- attention
 def _check_inputs(qk: Tensor, v: Tensor) -> None:
-    for name, t in (("qk", qk), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"{name} must have 4 dimensions (batch, heads, length, dim); got shape "
-                f"{tuple(t.shape)}. Add missing axes with .unsqueeze(), e.g. x[None, None]."
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    check_head_tensors(qk=qk, v=v)
     if qk.shape[:3] != v.shape[:3]:
         raise ValueError(
             "qk and v must share (batch, heads, length); got "
             f"qk {tuple(qk.shape)} and v {tuple(v.shape)}"
-        )
-    if qk.dtype != v.dtype:
-        raise TypeError(f"qk and v must share a dtype; got {qk.dtype} and {v.dtype}")
-    if qk.device != v.device:
-        raise ValueError(
-            f"qk and v must be on one device; got {qk.device} and {v.device}. Move them with .to(device)."
         )
 
 

@@ -107,6 +107,10 @@ def _nonempty(x):  # rows for objects that take no input worth checking
 #   The regex names the parameter (and, where it helps, the fix).
 ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     # attention.scaled_dot_product_attention
+    ("attention.check_head_tensors", "3-D", lambda: longctx_lib.attention.check_head_tensors(q=T(2, 3, 4)), ValueError, r"\bq\b.*4 dimensions", ()),
+    ("attention.check_head_tensors", "not a tensor", lambda: longctx_lib.attention.check_head_tensors(x=[1.0]), TypeError, r"\bx\b", ()),
+    ("attention.check_head_tensors", "mixed dtypes", lambda: longctx_lib.attention.check_head_tensors(a=T(1, 1, 2, 2), b=T(1, 1, 2, 2, dtype=torch.float64)), TypeError, r"a and b must share a dtype", ()),
+    ("attention.check_head_tensors", "mixed devices", lambda: longctx_lib.attention.check_head_tensors(a=T(1, 1, 2, 2), b=T(1, 1, 2, 2, device="meta")), ValueError, r"a and b must be on one device", ()),
     ("attention.scaled_dot_product_attention", "q is a list", lambda: _sdpa(q=[[1.0]]), TypeError, r"\bq\b", ()),
     ("attention.scaled_dot_product_attention", "q has 3 dims", lambda: _sdpa(q=T(2, 3, 4)), ValueError, r"\bq\b.*4 dimensions", ()),
     ("attention.scaled_dot_product_attention", "int dtype", lambda: _sdpa(q=T(1, 2, 3, 4, dtype=torch.int64)), TypeError, r"\bq\b.*floating", ()),
