@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book test test-all lab student execute bench constraints clean
+.PHONY: help venv book test test-all lab student execute bench bench-lsh constraints clean
 
 help:
 	@echo "Long Context from Scratch"
@@ -37,6 +37,7 @@ help:
 	@echo "  make student    regenerate notebooks/ from solutions/ (nbgrader)"
 	@echo "  make execute    run book and solution notebooks with papermill -> $(OUT)/executed/"
 	@echo "  make bench      run benchmarks/attention.py on DEVICE"
+	@echo "  make bench-lsh  run benchmarks/lsh.py on DEVICE (against Hugging Face if transformers is installed)"
 	@echo "  make venv       create or refresh $(VENV)"
 	@echo "  make clean      remove $(OUT)/ and caches (keeps $(VENV))"
 	@echo "Variables: PROFILE=smoke|cpu|gpu (profiles.yml), DEVICE=auto|cpu|cuda"
@@ -67,6 +68,10 @@ execute: $(STAMP)
 
 bench: $(STAMP)
 	DEVICE=$(DEVICE) $(PY) benchmarks/attention.py --device $(DEVICE) $(BENCH_ARGS)
+
+# The comparison with Hugging Face needs the optional extra: .venv/bin/pip install -e ".[bench]"
+bench-lsh: $(STAMP)
+	DEVICE=$(DEVICE) $(PY) benchmarks/lsh.py --device $(DEVICE) $(BENCH_ARGS)
 
 # Re-pin requirements/constraints.txt from a fresh environment (after editing
 # pyproject.toml's dependencies). Takes a couple of minutes.
