@@ -238,10 +238,11 @@ def masked_attention(q, k, v, causal=False, key_padding_mask=None):
     "huge_output": ({"costs": "for _i in range(300_000):\n    print('spam', _i)\n" + _reference_answer("costs")},
                     set(), ("truncated",)),
 }
-# The default run (`-m "not slow"`) keeps one submission of each kind; the rest are slow.
-SLOW = {"patches_builtins", "silences_tracebacks", "calls_torch_sdpa", "segfaults", "segfaults_when_called",
-        "inf_outputs", "wrong_dtype", "wrong_device", "huge_output"}
-SLOW_STRUCTURAL = {"edits_test_cells", "reorders_test_cells"}
+# Every case the issue lists runs by default (CI included). Only replacing builtins, which
+# breaks ipykernel itself so that every later cell waits for its time limit (~3 minutes),
+# is left to `make test-all`.
+SLOW = {"patches_builtins"}
+SLOW_STRUCTURAL: set[str] = set()
 
 
 def _structural(course: Course, name: str) -> nbformat.NotebookNode:
@@ -333,7 +334,6 @@ def test_changed_cells(course, graded, name):
         assert {"test_masked_attention_visible", "test_costs_visible"} <= set(restored)
 
 
-@pytest.mark.slow
 def test_huge_output_is_truncated(graded):
     result = graded("huge_output")
     text = nbformat.writes(result.autograded)
