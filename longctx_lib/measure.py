@@ -124,9 +124,9 @@ def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> Non
         else:  # ru_maxrss: KiB on Linux, bytes on macOS; includes the interpreter itself
             scale = 1 if sys.platform == "darwin" else 1024
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale // 1024
-        queue.put(("ok", (peak - before) * 1024, exact))
+        queue.put(("ok", (peak - before) * 1024))
     except BaseException:  # report any failure to the parent, with its traceback
-        queue.put(("error", traceback.format_exc(), False))
+        queue.put(("error", traceback.format_exc()))
 
 
 def peak_memory(
@@ -172,7 +172,7 @@ def peak_memory(
     proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue))
     proc.start()
     try:
-        status, value, _exact = queue.get()
+        status, value = queue.get()
     finally:
         proc.join()
     if status != "ok":

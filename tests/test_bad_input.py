@@ -4,8 +4,8 @@
    modules' ``__all__``, so a new module is covered as soon as it exists) is called with
    wrong shapes, dtypes, devices, lengths and parameter values, and must raise a
    ``ValueError`` or ``TypeError`` whose message names the parameter. A public callable
-   without a row here fails :func:`test_every_public_callable_has_rows`. Known gaps are rows
-   marked ``xfail(strict=True)``: the reason gives the message the library should raise.
+   without a row here fails :func:`test_every_public_callable_has_rows`. Every row passes:
+   a gap found here is closed in the library.
 2. Long sequences in float16/bfloat16: attention at a few thousand tokens gives no NaN or inf.
 3. The same seed gives the same numbers on the CPU.
 """
@@ -92,11 +92,6 @@ def _transformer_forward(x, **kw):
 
 def _cuda_absent():
     return pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
-
-
-def gap(message: str):
-    """A row the library does not pass yet; ``message`` is the error it should raise."""
-    return pytest.mark.xfail(strict=True, reason=f"library gap; proposed: {message}")
 
 
 def _nonempty(x):  # rows for objects that take no input worth checking
