@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import multiprocessing as mp
+import queue as queue_module
 import re
 import resource
 import statistics
@@ -91,6 +92,15 @@ def _status_kib(field: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _meminfo_kib(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            match = re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where impossible."""
     try:
@@ -134,6 +144,7 @@ def peak_memory(
     *args: Any,
     device: str | torch.device = "cpu",
     warmup: bool = True,
+    timeout: float | None = None,
     **kwargs: Any,
 ) -> int:
     """Peak bytes allocated while ``fn(*args, **kwargs)`` runs, above what was in use before.
@@ -148,6 +159,10 @@ def peak_memory(
     With ``warmup`` (the default) ``fn`` runs once before the measured call, so one-off
     costs (thread pools, the autograd engine, lazily allocated buffers) are not
     counted; freed memory is handed back to the OS before measuring.
+
+    On the CPU the parent never waits forever: if the child dies (for example killed
+    by the operating system for want of memory) a ``RuntimeError`` gives its exit code,
+    and after ``timeout`` seconds (``None``: no limit) a ``TimeoutError`` is raised.
     """
     _check_fn(fn)
     dev = resolve_device(device)
@@ -166,18 +181,52 @@ def peak_memory(
             f"peak_memory supports device='cpu' or 'cuda'; got {dev.type!r}. "
             "PyTorch exposes no peak statistic for MPS: measure on 'cpu' instead."
         )
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None; got {timeout!r}")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     kwargs = {**kwargs, "_threads": torch.get_num_threads(), "_warmup": warmup}
-    proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue))
+    proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue), daemon=True)
     proc.start()
     try:
-        status, value = queue.get()
+        status, value = _wait_for_child(proc, queue, timeout, getattr(fn, "__qualname__", repr(fn)))
     finally:
+        if proc.is_alive():
+            proc.kill()
         proc.join()
     if status != "ok":
         raise RuntimeError(f"the measured function failed in the child process:\n{value}")
     return int(value)
+
+
+def _wait_for_child(proc: Any, queue: Any, timeout: float | None, what: str) -> tuple[str, Any]:
+    """The child's ``(status, value)``; never waits forever on a child that died or hangs."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_module.Empty:
+            pass
+        if not proc.is_alive():
+            try:  # it may have reported just before exiting
+                return queue.get(timeout=1.0)
+            except queue_module.Empty:
+                code = proc.exitcode
+                hint = ""
+                if code is not None and code < 0:
+                    hint = f" (killed by signal {-code}"
+                    hint += ": most likely the operating system ran out of memory)" if -code == 9 else ")"
+                free = _meminfo_kib("MemAvailable")
+                free_text = f"; {free / 2**20:.1f} GiB available now" if free is not None else ""
+                raise RuntimeError(
+                    f"peak_memory: the child process measuring {what} exited with "
+                    f"code {code}{hint} before reporting a result{free_text}; try a smaller workload"
+                ) from None
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(
+                f"peak_memory: {what} did not finish within timeout={timeout} s; "
+                "pass a larger timeout (or None) or a smaller workload"
+            )
 
 
 # --------------------------------------------------------------------- saved for backward

@@ -193,6 +193,7 @@ def build(
     kernel: str = "python3",
     progress: bool = True,
     root: Path = REPO,
+    cell_timeout: int | None = None,
 ) -> BookBuild:
     """Execute the book's notebooks once and render the HTML; see the module docstring."""
     start = time.perf_counter()
@@ -236,6 +237,7 @@ def build(
             kernel=kernel,
             progress=progress,
             root=root,
+            cell_timeout=cell_timeout,
         )
         done.update({rel.as_posix(): path for rel, path in zip(to_run, outputs)})
 
@@ -309,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     parser.add_argument("--no-progress", action="store_true", help="hide papermill's progress bars")
+    parser.add_argument(
+        "--cell-timeout", type=int, default=None, help="fail a cell that runs longer than this many seconds"
+    )
     args = parser.parse_args(argv)
     try:
         result = build(
@@ -318,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             executed=args.executed,
             kernel=args.kernel,
             progress=not args.no_progress,
+            cell_timeout=args.cell_timeout,
         )
     except (BookBuildError, NotebookExecutionError, ValueError, FileNotFoundError) as e:
         print(f"\nerror: {e}", file=sys.stderr)

@@ -163,6 +163,24 @@ def _failing_source(executed: Path) -> str:
     return "?"
 
 
+def _last_started_source(executed: Path) -> str:
+    """First line of the last cell papermill marked as started in a partly executed notebook."""
+    import json
+
+    try:
+        nb = json.loads(executed.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    started = [
+        c for c in nb.get("cells", [])
+        if c.get("cell_type") == "code" and (c.get("metadata", {}).get("papermill") or {}).get("start_time")
+    ]
+    if not started:
+        return "?"
+    src = "".join(started[-1].get("source", "")).strip().splitlines()
+    return src[0] if src else ""
+
+
 def execute(
     paths: Iterable[Path | str] | None = None,
     out_dir: Path | str = DEFAULT_OUT,
@@ -171,6 +189,7 @@ def execute(
     kernel: str = "python3",
     progress: bool = True,
     root: Path = REPO,
+    cell_timeout: int | None = None,
 ) -> list[Path]:
     """Run each notebook once with papermill; return the paths of the executed copies.
 
@@ -178,6 +197,8 @@ def execute(
     stem) plus ``DEVICE=device``. Each notebook runs with its own folder as the
     working directory. Raises :class:`NotebookExecutionError` naming the first
     notebook that fails (its partially executed copy, with the traceback, is kept).
+    ``cell_timeout`` (seconds, ``None``: no limit) stops a cell that runs too long, so
+    a stuck notebook fails with the cell named instead of hanging a CI run.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -207,6 +228,7 @@ def execute(
                     kernel_name=kernel,
                     cwd=str(src.parent),
                     progress_bar=progress,
+                    execution_timeout=cell_timeout,
                 )
         except PapermillExecutionError as e:
             raise NotebookExecutionError(
@@ -221,7 +243,8 @@ def execute(
                 src,
                 dst,
                 f"notebook {rel} could not be executed (profile {profile}, DEVICE={device}): "
-                f"{type(e).__name__}: {e}",
+                f"{type(e).__name__}: {e}\n  last cell that ran or was running: "
+                f"{_last_started_source(dst)!r} (partially executed copy: {dst})",
             ) from e
         print(f"[{i}/{len(paths)}] {rel} done in {time.perf_counter() - start:.1f} s -> {dst}", flush=True)
         outputs.append(dst)
@@ -241,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: _build/executed)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     parser.add_argument("--no-progress", action="store_true", help="hide papermill's progress bars")
+    parser.add_argument(
+        "--cell-timeout", type=int, default=None, help="fail a cell that runs longer than this many seconds"
+    )
     args = parser.parse_args(argv)
     try:
         outputs = execute(
@@ -250,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             kernel=args.kernel,
             progress=not args.no_progress,
+            cell_timeout=args.cell_timeout,
         )
     except (NotebookExecutionError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

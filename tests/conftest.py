@@ -49,7 +49,8 @@ def built_book(tmp_path_factory):
     build_book = load_script("build_book")
     out = os.environ.get("BOOK_TEST_OUT")
     out = Path(out).resolve() if out else tmp_path_factory.mktemp("book")
-    return build_book.build(profile="smoke", device="cpu", out=out, progress=False)
+    # A cell stuck for 15 minutes fails the build with the cell named (smoke cells take seconds).
+    return build_book.build(profile="smoke", device="cpu", out=out, progress=False, cell_timeout=900)
 
 
 def pytest_collection_modifyitems(config, items):

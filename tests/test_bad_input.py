@@ -166,6 +166,7 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("measure.time_fn", "fn not callable", lambda: longctx_lib.measure.time_fn(3), TypeError, r"\bfn\b", ()),
     ("measure.time_fn", "device tpu", lambda: longctx_lib.measure.time_fn(lambda: None, device="tpu"), ValueError, r"device", ()),
     ("measure.peak_memory", "device mps (unsupported)", lambda: longctx_lib.measure.peak_memory(lambda: None, device="meta"), ValueError, r"device", ()),
+    ("measure.peak_memory", "timeout 0", lambda: longctx_lib.measure.peak_memory(lambda: None, timeout=0), ValueError, r"timeout", ()),
     ("measure.peak_memory", "fn not callable", lambda: longctx_lib.measure.peak_memory(3), TypeError, r"\bfn\b", ()),
     ("measure.saved_tensor_bytes", "fn not callable", lambda: longctx_lib.measure.saved_tensor_bytes(3), TypeError, r"\bfn\b", ()),
     ("measure.fit_loglog_slope", "lengths differ", lambda: longctx_lib.measure.fit_loglog_slope([1, 2], [1]), ValueError, r"\bx\b.*\by\b|sequences", ()),

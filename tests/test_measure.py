@@ -44,6 +44,32 @@ def test_peak_memory_reports_child_errors():
         peak_memory(attention_step, -1)
 
 
+def die_abruptly() -> None:
+    """Workload for peak_memory: the process ends as if killed (no Python cleanup)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_for(seconds: float) -> None:
+    """Workload for peak_memory: a call that does not finish in time."""
+    import time
+
+    time.sleep(seconds)
+
+
+def test_peak_memory_never_waits_forever_on_a_dead_child():
+    # A child killed by the OS (out of memory, say) must not leave the parent waiting.
+    with pytest.raises(RuntimeError, match=r"signal 9.*out of memory"):
+        peak_memory(die_abruptly, warmup=False)
+
+
+def test_peak_memory_times_out_on_a_hanging_child():
+    with pytest.raises(TimeoutError, match=r"timeout=3"):
+        peak_memory(sleep_for, 60, warmup=False, timeout=3)
+
+
 def test_peak_memory_rejects_unsupported_devices():
     with pytest.raises(ValueError):
         peak_memory(allocate_and_touch, 10, device="tpu")

@@ -68,7 +68,7 @@ def executed_solutions(tmp_path_factory):
     paths = sorted(REPO.glob("solutions/*/*.ipynb"))
     assert paths, "no solution notebooks found"
     out = tmp_path_factory.mktemp("solutions")
-    return execute.execute(paths, out, profile="smoke", device="cpu", progress=False)
+    return execute.execute(paths, out, profile="smoke", device="cpu", progress=False, cell_timeout=900)
 
 
 def test_solution_notebooks_run_and_pass_their_own_tests(executed_solutions):
