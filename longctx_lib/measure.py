@@ -189,7 +189,7 @@ def peak_memory(
     proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue), daemon=True)
     proc.start()
     try:
-        status, value = _wait_for_child(proc, queue, timeout, getattr(fn, "__qualname__", repr(fn)))
+        status, value = _wait_for_child(proc, queue, timeout, _name_of(fn))
     finally:
         if proc.is_alive():
             proc.kill()
@@ -197,6 +197,11 @@ def peak_memory(
     if status != "ok":
         raise RuntimeError(f"the measured function failed in the child process:\n{value}")
     return int(value)
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial: name the function it wraps
+    return getattr(inner, "__qualname__", type(inner).__name__)
 
 
 def _wait_for_child(proc: Any, queue: Any, timeout: float | None, what: str) -> tuple[str, Any]:
