@@ -138,14 +138,25 @@ def _kernel_environment():
     ipykernel installs matplotlib's inline backend only when MPLBACKEND is unset; a
     MPLBACKEND=Agg inherited from a shell or CI would make every figure vanish from
     the executed notebooks (and so from the book). Drop it while kernels start.
+
+    ``LONGCTX_NO_WIDGETS=1`` tells the notebooks' explorer cells not to start
+    ipywidgets: a static page cannot use them, and nbclient can deadlock on
+    ``ipywidgets.interact`` (jupyter/nbconvert#2029: the cell never finishes; seen in
+    CI, where it hung a build for 30 minutes).
     """
     saved = os.environ.pop("MPLBACKEND", None)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    no_widgets = os.environ.get("LONGCTX_NO_WIDGETS")
+    os.environ["LONGCTX_NO_WIDGETS"] = "1"
     try:
         yield
     finally:
         if saved is not None:
             os.environ["MPLBACKEND"] = saved
+        if no_widgets is None:
+            os.environ.pop("LONGCTX_NO_WIDGETS", None)
+        else:
+            os.environ["LONGCTX_NO_WIDGETS"] = no_widgets
 
 
 def _failing_source(executed: Path) -> str:
