@@ -17,6 +17,11 @@ process per measurement), and prints the ratios ours / Hugging Face and ours / S
 ``--extra-lengths`` carries our layer alone further, to find the longest sequence whose
 forward+backward fits in ``--memory-limit-gib``.
 
+On a CPU shared with other processes the times swing by 2-5x from one run to the next,
+and ours (a loop over tiles of chunks, a few hundred parallel operations) suffers more
+from busy cores than Hugging Face's few large operations: compare ratios from one run,
+and prefer an idle machine (or ``OMP_NUM_THREADS=1`` for a steadier comparison).
+
 Before timing, a correctness cross-check runs both layers on the same weights and the
 same buckets (Hugging Face's, passed into ours) in float64 and prints the largest
 difference, explained:

@@ -9,10 +9,11 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.transformer` - a plain pre-LN transformer, the baseline (ch. 1)
 - :mod:`longctx_lib.lsh` - LSH attention: hash, sort, chunk, multi-round (ch. 2)
 - :mod:`longctx_lib.tasks` - synthetic long-context tasks, made on the fly (ch. 2 onwards)
+- :mod:`longctx_lib.duplication` - the Reformer's duplication experiment (Table 2) at toy scale (ch. 2)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
-from . import attention, costs, device, lsh, measure, tasks, transformer
+from . import attention, costs, device, duplication, lsh, measure, tasks, transformer
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .device import resolve_device
 from .lsh import LSHSelfAttention, hash_vectors, lsh_attention
@@ -27,6 +28,7 @@ __all__ = [
     "transformer",
     "lsh",
     "tasks",
+    "duplication",
     "MultiHeadAttention",
     "LSHSelfAttention",
     "hash_vectors",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 
 from . import attention as _attention_module
 from . import costs as _costs_module
+from . import lsh as _lsh_module
 
 __all__ = ["Suite", "SUITES", "check", "graded_on_its_own", "draw_cases", "verify", "referenced_library_names",
            "forbidden_uses", "make_execute_preprocessor", "GRADER_DIR_ENV"]
@@ -67,6 +69,8 @@ _REF_SDPA = _attention_module.scaled_dot_product_attention
 _REF_SCORE_BYTES = _costs_module.score_matrix_bytes
 _REF_FLOPS = _costs_module.attention_flops
 _REF_MAX_LENGTH = _costs_module.max_length_for_budget
+_REF_HASH = _lsh_module.hash_vectors
+_SELF_MASK_VALUE = float(_lsh_module.SELF_MASK_VALUE)
 
 
 # ------------------------------------------------------------------ graded on its own
@@ -380,6 +384,393 @@ for _name, _cases_fn in (("max_length_small", _max_length_small_cases), ("max_le
         lambda got, exp, c: _exact_int(got, exp),
         lambda c: f"max_length_for_budget({c['B']}, batch={c['b']}, heads={c['h']}, bytes_per_element={c['bpe']})",
         _COSTS_FORBIDDEN, _costs_blocked))
+
+
+# --- LSH attention (chapter 2) ----------------------------------------------------
+# Assignment 2 grades the four pieces of shared-QK LSH attention, each on its own:
+#   lsh_hash(x, rotations)                              -> buckets
+#   sort_and_chunk(buckets, chunk_size)                 -> (query_pos, key_pos)
+#   chunk_attention(qk, v, query_pos, key_pos, causal)  -> (out, lse), chunk layout
+#   combine_rounds(out, lse, query_pos)                 -> output in the original order
+# The hash is compared with longctx_lib.lsh.hash_vectors. lsh.py fuses the other three
+# into one loop over rounds and exposes none of them, so their references are written
+# here from torch alone, with lsh.py's semantics (stable sort by (bucket, position);
+# look-back within the round, none with one chunk; causal by original positions; the
+# self logit replaced by SELF_MASK_VALUE; rounds combined by log-sum-exp weights).
+# tests/test_grading_module.py checks that the four references composed equal
+# lsh_attention(..., count_duplicates=False) on random inputs.
+_SDPA_NAME = "torch.nn.functional.scaled_dot_product_attention"
+
+
+def _lsh_functions() -> tuple[Callable[..., Any], ...]:
+    """Every Python function of longctx_lib.lsh and its classes' methods (code swappable)."""
+    found = []
+    for obj in list(vars(_lsh_module).values()):
+        members = (list(vars(obj).values()) if isinstance(obj, type) and obj.__module__ == _lsh_module.__name__
+                   else [obj])
+        for f in members:
+            f = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f  # e.g. an autograd.Function's
+            if (inspect.isfunction(f) and f.__module__ == _lsh_module.__name__
+                    and not f.__code__.co_freevars):  # a closure's code cannot be swapped
+                found.append(f)
+    return tuple(dict.fromkeys(found))
+
+
+# Private helpers of lsh.py (functions and classes, whatever they are called now), the whole
+# attention, this module.
+_LSH_PRIVATE = tuple(f"longctx_lib.lsh.{n}" for n, f in vars(_lsh_module).items()
+                     if n.startswith("_") and (inspect.isfunction(f) or inspect.isclass(f))
+                     and getattr(f, "__module__", None) == _lsh_module.__name__)
+_LSH_FORBIDDEN = ("longctx_lib.lsh.lsh_attention", "longctx_lib.lsh_attention", "longctx_lib.lsh.LSHSelfAttention",
+                  "longctx_lib.LSHSelfAttention", "longctx_lib.lsh.lsh_attention_step", "longctx_lib.grading",
+                  _SDPA_NAME, *_LSH_PRIVATE)
+_HASH_FORBIDDEN = (*_LSH_FORBIDDEN, "longctx_lib.lsh.hash_vectors", "longctx_lib.hash_vectors")
+
+
+def _lsh_blocked() -> tuple[Callable[..., Any], ...]:
+    return (*_lsh_functions(), _ref_sort_and_chunk, _ref_chunk_attention, _ref_combine_rounds, _rows)
+
+
+def _ref_sort_and_chunk(buckets: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """buckets (B, H, R, L) -> query_pos (B, H, R, C, m), key_pos (B, H, R, C, 2m) (m wide if C = 1)."""
+    b, h, r, length = buckets.shape
+    order = torch.sort(buckets, dim=-1, stable=True).indices  # (B, H, R, L): by (bucket, position)
+    query_pos = order.reshape(b, h, r, length // chunk_size, chunk_size)  # (B, H, R, C, m)
+    if query_pos.shape[-2] == 1:  # one chunk per round: nothing before it
+        return query_pos, query_pos.clone()
+    # each chunk, then the one before it; the first chunk looks back at the last (same round)
+    return query_pos, torch.cat([query_pos, query_pos.roll(1, dims=-2)], dim=-1)
+
+
+def _rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` (B, H, L, d) at positions ``pos`` (B, H, ...) -> (B, H, ..., d)."""
+    b, h = x.shape[:2]
+    bi = torch.arange(b, device=x.device).view(b, *[1] * (pos.dim() - 1))
+    hi = torch.arange(h, device=x.device).view(1, h, *[1] * (pos.dim() - 2))
+    return x[bi, hi, pos]
+
+
+def _ref_chunk_attention(qk: torch.Tensor, v: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor,
+                         causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of every chunk to its window: out (B, H, R, C, m, dv), lse (B, H, R, C, m)."""
+    work = torch.float64 if qk.dtype == torch.float64 else torch.float32
+    sq = _rows(qk, query_pos) * (1.0 / math.sqrt(qk.shape[-1]))  # (B, H, R, C, m, d)
+    sk = _rows(F.normalize(qk, dim=-1), key_pos)  # (B, H, R, C, w, d): unit keys
+    sv = _rows(v, key_pos)  # (B, H, R, C, w, dv)
+    logits = (sq @ sk.transpose(-1, -2)).to(work)  # (B, H, R, C, m, w)
+    kp, qp = key_pos[..., None, :], query_pos[..., :, None]
+    if causal:
+        logits = logits.masked_fill(kp > qp, float("-inf"))  # by original positions
+    logits = logits.masked_fill(kp == qp, _SELF_MASK_VALUE)  # replaced, not added
+    return torch.softmax(logits, dim=-1).to(v.dtype) @ sv, torch.logsumexp(logits, dim=-1)
+
+
+def _ref_combine_rounds(out: torch.Tensor, lse: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+    """out (B, H, R, C, m, dv), lse (B, H, R, C, m) in chunk layout -> (B, H, L, dv) in original order."""
+    b, h, r, c, m, dv = out.shape
+    pos = query_pos.reshape(b, h, r, c * m)
+    o = torch.zeros(b, h, r, c * m, dv, dtype=out.dtype, device=out.device).scatter(
+        3, pos[..., None].expand(-1, -1, -1, -1, dv), out.reshape(b, h, r, c * m, dv))  # (B, H, R, L, dv)
+    z = torch.zeros(b, h, r, c * m, dtype=lse.dtype, device=lse.device).scatter(
+        3, pos, lse.reshape(b, h, r, c * m))  # (B, H, R, L)
+    weights = torch.softmax(z, dim=2).to(out.dtype)  # exp(z_r - logsumexp over rounds)
+    return (o * weights[..., None]).sum(dim=2)
+
+
+def _close_problem(got: Any, expected: torch.Tensor, tol: float, relative: bool = False) -> str | None:
+    """Like :func:`_tensor_problem`; with ``relative`` each error is divided by ``1 + |expected|``
+    (for log-sum-exps, which reach SELF_MASK_VALUE = -1e5 where a query sees only itself)."""
+    problem = _tensor_problem(got, expected, math.inf)  # type, dtype, shape, NaN
+    if problem or not got.numel():
+        return problem
+    diff = (got.double() - expected.double()).abs()
+    if relative:
+        diff = diff / (1 + expected.double().abs())
+    err = diff.max().item()
+    if not err <= tol:
+        return f"max |error| {err:.3g} > {tol:g}" + (" (relative to 1 + |expected|)" if relative else "")
+    return None
+
+
+def _tuple_problem(got: Any, expected: tuple, names: tuple[str, ...], tols: tuple[float, ...],
+                   relative: tuple[bool, ...] = (False, False)) -> str | None:
+    if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+        what = f"a {type(got).__name__}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
+        return f"expected a tuple of {len(expected)} tensors ({', '.join(names)}); got {what}"
+    for name, g, e, tol, rel in zip(names, got, expected, tols, relative):
+        problem = _close_problem(g, e, tol, rel)
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+# hash ------------------------------------------------------------------------------
+def _hash_describe(c: dict) -> str:
+    r = c["rotations"]
+    return (f"x {tuple(c['x'].shape)} {c['x'].dtype}, rotations {tuple(r.shape)} (n_hashes={r.shape[1]}, "
+            f"n_buckets={2 * r.shape[-1]})" + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _hash_reference(c: dict) -> torch.Tensor:
+    r = c["rotations"]
+    return _REF_HASH(c["x"], 2 * r.shape[-1], r.shape[1], rotations=r)
+
+
+def _hash_small_cases(seed: int) -> list[dict]:
+    """What the visible tests of ``lsh_hash`` use: the hand-worked case, shapes, scale, collisions."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.tensor([[3.0, 1.0], [-1.0, -3.0], [0.5, -2.0], [-2.0, 0.5]])
+    cases = [{"x": x, "rotations": torch.eye(2).reshape(2, 1, 2), "note": "hand-worked"}]
+    x = torch.randn(2, 3, 5, 4, generator=gen)
+    r = torch.randn(4, 3, 2, generator=gen)
+    cases += [{"x": x, "rotations": r, "note": "shapes"}, {"x": 2.5 * x, "rotations": r, "note": "scaled by 2.5"}]
+    theta = math.pi / 3
+    pair = torch.tensor([[1.0, 0.0], [math.cos(theta), math.sin(theta)]], dtype=torch.float64)
+    cases.append({"x": pair, "rotations": torch.randn(2, 4000, 1, generator=gen, dtype=torch.float64),
+                  "note": "two vectors 60 degrees apart, 4000 rounds of 2 buckets"})
+    return cases
+
+
+def _hash_cases(seed: int) -> list[dict]:
+    """float64 on random shapes (no leading axes up to two), rounds and bucket counts; zero vectors (ties)."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(40):
+        lead = [(), (rng.randint(1, 3),), (rng.randint(1, 2), rng.randint(1, 3))][i % 3]
+        length, d = rng.randint(1, 16), rng.randint(1, 8)
+        n_hashes, half = rng.randint(1, 4), rng.choice([1, 2, 3, 4, 8])
+        x = torch.randn(*lead, length, d, generator=gen, dtype=torch.float64) * rng.choice([0.1, 1.0, 10.0])
+        note = None
+        if i % 5 == 4:  # a zero vector ties every column: the first maximal column (bucket 0) wins
+            x[..., 0, :] = 0
+            note = "the first vector is zero"
+        cases.append({"x": x, "rotations": torch.randn(d, n_hashes, half, generator=gen, dtype=torch.float64),
+                      "note": note})
+    return cases
+
+
+def _hash_compare(got: Any, expected: torch.Tensor, c: dict) -> str | None:
+    return _tensor_problem(got, expected, 0.0, c.get("_device"))
+
+
+# sort and chunk --------------------------------------------------------------------
+def _sort_describe(c: dict) -> str:
+    return (f"buckets {tuple(c['buckets'].shape)} with values in [0, {int(c['buckets'].max()) + 1}), "
+            f"chunk_size={c['chunk_size']}" + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _sort_small_cases(seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    return [{"buckets": torch.tensor([[[[1, 0, 1, 0, 2, 0]]]]), "chunk_size": 2, "note": "hand-worked"},
+            {"buckets": torch.randint(0, 4, (2, 2, 3, 12), generator=gen), "chunk_size": 4, "note": "shapes"}]
+
+
+def _sort_cases(seed: int) -> list[dict]:
+    """Random shapes, few buckets (many ties: the sort must keep positions in order), 2 to 6 chunks."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(40):
+        b, h, r = rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 4)
+        n_chunks, m = rng.randint(2, 6), rng.randint(1, 5)
+        nb = rng.choice([2, 4, 8, 16, 64])
+        cases.append({"buckets": torch.randint(0, nb, (b, h, r, n_chunks * m), generator=gen), "chunk_size": m})
+    return cases
+
+
+def _sort_edge_cases(seed: int) -> list[dict]:
+    """One chunk per round (no look-back), chunks of one entry, two chunks, one bucket for all, all distinct."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for length, m, note in ((6, 6, "one chunk: no look-back"), (1, 1, "length 1"), (7, 1, "chunk_size 1"),
+                            (8, 4, "two chunks"), (12, 3, None)):
+        cases.append({"buckets": torch.randint(0, 4, (2, 2, 3, length), generator=gen), "chunk_size": m,
+                      "note": note})
+    cases.append({"buckets": torch.zeros(1, 2, 2, 12, dtype=torch.int64), "chunk_size": 4,
+                  "note": "every position in bucket 0"})
+    cases.append({"buckets": torch.stack([torch.randperm(12, generator=gen) for _ in range(3)]).view(1, 1, 3, 12),
+                  "chunk_size": 3, "note": "every position in its own bucket"})
+    return cases
+
+
+def _sort_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    return _tuple_problem(got, expected, ("query_pos", "key_pos"), (0.0, 0.0))
+
+
+# chunk attention -------------------------------------------------------------------
+def _chunk_describe(c: dict) -> str:
+    qp = c["query_pos"]
+    return (f"qk {tuple(c['qk'].shape)} {c['qk'].dtype}, v {tuple(c['v'].shape)}, {qp.shape[2]} rounds of "
+            f"{qp.shape[3]} chunks of {qp.shape[4]}, causal={c['causal']}"
+            + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _chunk_run(fn: Callable[..., Any], c: dict) -> Any:
+    return fn(c["qk"], c["v"], c["query_pos"], c["key_pos"], causal=c["causal"])
+
+
+def _chunk_reference(c: dict) -> tuple:
+    return _ref_chunk_attention(c["qk"], c["v"], c["query_pos"], c["key_pos"], c["causal"])
+
+
+def _chunk_case(qk: torch.Tensor, v: torch.Tensor, n_hashes: int, n_buckets: int, chunk_size: int, causal: bool,
+                gen: torch.Generator, tol: float, note: str | None = None) -> dict:
+    """Windows from hashing ``qk`` with random rotations, as LSH attention would make them."""
+    rotations = torch.randn(qk.shape[-1], n_hashes, n_buckets // 2, generator=gen, dtype=qk.dtype)
+    query_pos, key_pos = _ref_sort_and_chunk(_REF_HASH(qk, n_buckets, n_hashes, rotations=rotations), chunk_size)
+    return {"qk": qk, "v": v, "query_pos": query_pos, "key_pos": key_pos, "causal": causal, "tol": tol,
+            "note": note}
+
+
+def _chunk_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: head size 1 for qk (the scale 1/sqrt(d) is 1; the hidden suites check it)."""
+    gen = torch.Generator().manual_seed(seed)
+    qk, v = torch.tensor([[[[1.0], [2.0]]]]), torch.eye(2).view(1, 1, 2, 2)
+    one = torch.tensor([0, 1]).view(1, 1, 1, 1, 2)
+    cases = [{"qk": qk, "v": v, "query_pos": one, "key_pos": one.clone(), "causal": causal, "tol": 1e-5,
+              "note": "hand-worked"} for causal in (False, True)]
+    qk = torch.randn(2, 2, 12, 1, generator=gen)
+    for causal in (False, True):
+        cases.append(_chunk_case(qk, torch.eye(12).expand(2, 2, 12, 12), 2, 4, 3, causal, gen, 1e-5,
+                                 "values = identity: the outputs are the weights"))
+    return cases
+
+
+def _chunk_cases(seed: int) -> list[dict]:
+    """float64 on random shapes, rounds, chunk sizes (one chunk, chunks of one entry included), one float32."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(40):
+        b, h, n_hashes = rng.randint(1, 2), rng.randint(1, 2), rng.randint(1, 3)
+        n_chunks, m = (1 if i % 8 == 3 else rng.randint(2, 5)), (1 if i % 8 == 5 else rng.randint(2, 5))
+        d, dv = rng.randint(2, 8), rng.randint(1, 6)
+        qk = rng.choice([0.5, 2.0, 4.0]) * torch.randn(b, h, n_chunks * m, d, generator=gen, dtype=torch.float64)
+        v = torch.randn(b, h, n_chunks * m, dv, generator=gen, dtype=torch.float64)
+        # Tolerance: float64 rounding here is ~1e-15; 1e-10 accepts any order of operations and
+        # rejects every real mistake (a missing scale or unnormalised keys change values by ~0.1).
+        cases.append(_chunk_case(qk, v, n_hashes, rng.choice([2, 4, 8]), m, i % 2 == 1, gen, 1e-10))
+    qk, v = torch.randn(2, 2, 32, 8, generator=gen), torch.randn(2, 2, 32, 8, generator=gen)
+    cases.append(_chunk_case(qk, v, 2, 8, 4, True, gen, 1e-4, "float32"))
+    return cases
+
+
+def _chunk_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    return _tuple_problem(got, expected, ("out", "lse"), (c["tol"], c["tol"]), (False, True))
+
+
+def _chunk_grad_cases(seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(6):
+        n_chunks, m = (1, 4) if i == 0 else (2 + i % 3, 1 + i % 3)
+        qk = 2 * torch.randn(2, 2, n_chunks * m, 3 + i % 3, generator=gen, dtype=torch.float64)
+        v = torch.randn(2, 2, n_chunks * m, 3, generator=gen, dtype=torch.float64)
+        c = _chunk_case(qk, v, 1 + i % 2, 4, m, i % 2 == 0, gen, 1e-9)
+        c["up"] = torch.randn(c["query_pos"].shape + (3,), generator=gen, dtype=torch.float64)
+        c["up_lse"] = torch.randn(c["query_pos"].shape, generator=gen, dtype=torch.float64)
+        cases.append(c)
+    return cases
+
+
+def _chunk_grads(fn: Callable[..., Any], c: dict) -> tuple:
+    qk, v = c["qk"].clone().requires_grad_(True), c["v"].clone().requires_grad_(True)
+    out, lse = fn(qk, v, c["query_pos"], c["key_pos"], causal=c["causal"])
+    ((out * c["up"]).sum() + (lse * c["up_lse"]).sum()).backward()
+    return qk.grad, v.grad
+
+
+def _chunk_grad_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if isinstance(got, (tuple, list)) and any(g is None for g in got):
+        return "no gradient reaches " + " or ".join(n for n, g in zip(("qk", "v"), got) if g is None)
+    return _tuple_problem(got, expected, ("d/dqk", "d/dv"), (c["tol"], c["tol"]))
+
+
+# combine rounds --------------------------------------------------------------------
+def _combine_describe(c: dict) -> str:
+    return (f"out {tuple(c['out'].shape)} {c['out'].dtype}, lse in [{c['lse'].min().item():.3g}, "
+            f"{c['lse'].max().item():.3g}]" + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _combine_case(z: torch.Tensor, dv: int, chunk_size: int, gen: torch.Generator, note: str | None = None,
+                  tol: float = 1e-10) -> dict:
+    """Per-round log-sum-exps ``z`` (B, H, R, L) in original order, laid out in random sorted orders."""
+    b, h, r, length = z.shape
+    order = torch.stack([torch.randperm(length, generator=gen) for _ in range(b * h * r)]).view(b, h, r, length)
+    query_pos = order.view(b, h, r, length // chunk_size, chunk_size)
+    lse = z.gather(3, order).view(query_pos.shape)  # the lse of each sorted entry
+    out = torch.randn(*query_pos.shape, dv, generator=gen, dtype=z.dtype)
+    return {"out": out, "lse": lse, "query_pos": query_pos, "tol": tol, "note": note}
+
+
+def _combine_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: one round (only the sort is undone), equal weights, weights 1/4 and 3/4."""
+    gen = torch.Generator().manual_seed(seed)
+    qp = torch.tensor([[1, 3], [0, 2]]).view(1, 1, 1, 2, 2)
+    out = torch.tensor([[10.0], [30.0], [0.0], [20.0]]).view(1, 1, 1, 2, 2, 1)
+    cases = [{"out": out, "lse": torch.zeros(1, 1, 1, 2, 2), "query_pos": qp, "tol": 1e-5, "note": "one round"}]
+    qp2 = torch.cat([qp, torch.tensor([[3, 2], [1, 0]]).view(1, 1, 1, 2, 2)], dim=2)
+    out2 = torch.cat([out, torch.tensor([[4.0], [8.0], [12.0], [16.0]]).view(1, 1, 1, 2, 2, 1)], dim=2)
+    cases.append({"out": out2, "lse": torch.zeros(1, 1, 2, 2, 2), "query_pos": qp2, "tol": 1e-5,
+                  "note": "two rounds, equal lse"})
+    lse = torch.stack([torch.zeros(2, 2), torch.full((2, 2), math.log(3.0))]).view(1, 1, 2, 2, 2)
+    cases.append({"out": out2, "lse": lse, "query_pos": qp2, "tol": 1e-5, "note": "lse 0 and log 3"})
+    z = torch.randn(2, 2, 3, 8, generator=gen)
+    cases.append(_combine_case(z, 5, 2, gen, "shapes", 1e-5))
+    return cases
+
+
+def _combine_cases(seed: int) -> list[dict]:
+    """float64, random shapes and lse; queries that saw only themselves in every round (all lse = -1e5),
+    in some rounds only, and large lse (exp would overflow); one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(30):
+        b, h, r = rng.randint(1, 2), rng.randint(1, 2), rng.randint(1, 4)
+        n_chunks, m, dv = rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 5)
+        z = 3 * torch.randn(b, h, r, n_chunks * m, generator=gen, dtype=torch.float64)
+        note = None
+        if i % 3 == 1:
+            alone = torch.rand(b, h, 1, n_chunks * m, generator=gen) < 0.4
+            z = torch.where(alone, torch.full_like(z, _SELF_MASK_VALUE), z)
+            note = f"{int(alone.sum())} queries see only themselves in every round (lse = {_SELF_MASK_VALUE:g})"
+        elif i % 3 == 2:
+            z = torch.where(torch.rand(z.shape, generator=gen) < 0.3, torch.full_like(z, _SELF_MASK_VALUE), z)
+            z = z + rng.choice([0.0, 800.0])
+            note = "some rounds see only the query itself" + (", lse near 800" if z.max() > 100 else "")
+        cases.append(_combine_case(z, dv, m, gen, note))
+    z = 3 * torch.randn(2, 2, 4, 16, generator=gen)
+    z[0, 0, :, :3] = _SELF_MASK_VALUE
+    cases.append(_combine_case(z, 8, 4, gen, "float32", 1e-5))
+    return cases
+
+
+def _combine_run(fn: Callable[..., Any], c: dict) -> Any:
+    return fn(c["out"], c["lse"], c["query_pos"])
+
+
+def _combine_reference(c: dict) -> torch.Tensor:
+    return _ref_combine_rounds(c["out"], c["lse"], c["query_pos"])
+
+
+def _combine_compare(got: Any, expected: torch.Tensor, c: dict) -> str | None:
+    return _tensor_problem(got, expected, c["tol"], c.get("_device"))
+
+
+for _name, _cases_fn in (("lsh_hash_small", _hash_small_cases), ("lsh_hash", _hash_cases)):
+    _register(Suite(_name, _cases_fn, lambda fn, c: fn(c["x"], c["rotations"]), _hash_reference, _hash_compare,
+                    _hash_describe, _HASH_FORBIDDEN, _lsh_blocked))
+for _name, _cases_fn in (("lsh_sort_small", _sort_small_cases), ("lsh_sort", _sort_cases),
+                         ("lsh_sort_edges", _sort_edge_cases)):
+    _register(Suite(_name, _cases_fn, lambda fn, c: fn(c["buckets"], c["chunk_size"]),
+                    lambda c: _ref_sort_and_chunk(c["buckets"], c["chunk_size"]), _sort_compare, _sort_describe,
+                    _LSH_FORBIDDEN, _lsh_blocked))
+for _name, _cases_fn in (("lsh_chunk_small", _chunk_small_cases), ("lsh_chunk", _chunk_cases)):
+    _register(Suite(_name, _cases_fn, _chunk_run, _chunk_reference, _chunk_compare, _chunk_describe,
+                    _LSH_FORBIDDEN, _lsh_blocked))
+_register(Suite("lsh_chunk_gradients", _chunk_grad_cases, _chunk_grads, lambda c: _chunk_grads(_ref_chunk_attention, c),
+                _chunk_grad_compare, _chunk_describe, _LSH_FORBIDDEN, _lsh_blocked))
+for _name, _cases_fn in (("lsh_combine_small", _combine_small_cases), ("lsh_combine", _combine_cases)):
+    _register(Suite(_name, _cases_fn, _combine_run, _combine_reference, _combine_compare, _combine_describe,
+                    _LSH_FORBIDDEN, _lsh_blocked))
 
 
 # ------------------------------------------------------------------- kernel side

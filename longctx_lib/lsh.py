@@ -21,9 +21,21 @@ correction (appendix A) subtracts ``log N_ij`` from each logit, ``N_ij`` being t
 number of rounds in which key ``j`` is in query ``i``'s window, so that a key found by
 several rounds is counted once.
 
-Memory is ``O(length * n_hashes * chunk_size)``: no ``(length x length)`` tensor is ever
-built, not even for the duplicate counts (they compare chunk indices of each attended
-pair across rounds).
+Memory is ``O(length * n_hashes)`` beyond the inputs: no ``(length x length)`` tensor is
+ever built, not even for the duplicate counts (they compare chunk indices of each
+attended pair across rounds).
+
+How it is computed (:func:`lsh_attention`, default path): each round's queries, keys and
+values are gathered once in sorted order, then the chunks are processed a few at a time
+(a "tile" of ``TILE_CHUNKS`` chunks), so that every ``(tile, m, 2m)`` logit tensor stays
+in the CPU cache while it is masked, exponentiated and multiplied. The backward pass is
+written by hand, as in flash attention: it keeps only the inputs, the output and the
+log-sum-exp of every query, and recomputes each tile's logits. The duplicate correction
+is applied in an equivalent form there: a key is kept only in the first round whose
+window holds it (later rounds hide it), which sums ``exp(logit)`` once per visible key,
+exactly as subtracting ``log N_ij`` in each of the ``N_ij`` rounds does.
+``checkpoint_rounds=False`` selects the plain reference instead: one round at a time
+with ordinary autograd (it stores every intermediate), subtracting ``log N_ij``.
 
 Design choices (the book discusses each):
 
@@ -51,12 +63,12 @@ Design choices (the book discusses each):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .attention import check_head_tensors
 from .device import resolve_device
@@ -354,6 +366,316 @@ def _one_round(
     return out, lse
 
 
+def _autograd_rounds(queries: Tensor, keys: Tensor, vv: Tensor, order: Tensor, length: int, chunk_size: int,
+                     causal: bool, count_duplicates: bool) -> Tensor:
+    """The rounds one at a time with plain autograd (it stores every intermediate): the reference.
+
+    ``queries``, ``keys`` ``(N, Lp, d)``, ``vv`` ``(N, Lp, dv)``, ``order`` ``(N, R, Lp)``.
+    Subtracts ``log N_ij`` (:func:`_duplicate_counts`). Returns ``(N, Lp, dv)``.
+    """
+    n, n_hashes, lp = order.shape
+    chunk_of = next_chunk = None
+    if count_duplicates and n_hashes > 1:
+        loc = torch.empty_like(order).scatter_(  # sorted location of each position, per round
+            2, order, torch.arange(lp, device=order.device).expand(n, n_hashes, lp))
+        n_chunks = lp // chunk_size
+        small = torch.int16 if n_chunks < 2**15 else torch.int32
+        chunk_of = (loc // chunk_size).to(small)  # (N, R, Lp)
+        # the chunk whose look-back reaches this one; a lone chunk has no look-back
+        next_chunk = ((chunk_of + 1) % n_chunks).to(small) if n_chunks > 1 else chunk_of
+    # Combine rounds by their log-sum-exp weights exp(lse_r - lse), computed as a running
+    # softmax over rounds relative to the running maximum (exact for equal lse_r even
+    # when they are -1e5, the value of a query that sees only itself).
+    acc = weight = top = None
+    for r in range(n_hashes):
+        o_r, lse_r = _one_round(queries, keys, vv, order[:, r], chunk_of, next_chunk, r, length, chunk_size, causal)
+        if acc is None:
+            top = lse_r.detach()
+            weight = torch.exp(lse_r - top)  # 1, but carries the gradient of lse_r
+            acc = o_r * weight[..., None]
+        else:
+            new_top = torch.maximum(top, lse_r.detach())  # any reference value works: no gradient
+            rescale, w_r = torch.exp(top - new_top), torch.exp(lse_r - new_top)
+            acc = acc * rescale[..., None] + o_r * w_r[..., None]
+            weight, top = weight * rescale + w_r, new_top
+    return acc / weight[..., None]  # (N, Lp, dv)
+
+
+# ------------------------------------------------- tiled attention, hand-written backward
+# The same rounds as :func:`_one_round`, computed a few chunks ("a tile") at a time, so
+# every (tile, m, 2m) logit tensor stays in the CPU cache, and differentiated by hand
+# (flash-attention style): the backward pass recomputes each tile's logits from the
+# saved inputs and the log-sum-exp instead of storing them.
+#
+# Rows: queries, keys and values are concatenated into one (B * Lp * H, 2d + dv) tensor
+# whose row (b * Lp + p) * H + h is position p of head h in sequence b: the layout of a
+# (B, L, H * d) projection, so no transpose is copied, and one gathered row brings a
+# query, its key and its value. A chunk's queries and keys come from one sequence and
+# head, so comparing rows compares positions (the causal mask needs no positions).
+#
+# Duplicates: instead of subtracting log N_ij in every round, a key is kept only in the
+# FIRST round whose window holds it (hidden in later ones); the query's own key, held
+# by every round, keeps SELF_MASK_VALUE - log(n_hashes) in each. The combined softmax
+# sums exp(logit_ij) once per visible key either way, so the result is the same.
+TILE_CHUNKS = 512
+"""Chunks per tile of the tiled path (a (512, 64, 128) float32 logit tile is 16 MiB).
+
+Every tile costs a few dozen parallel operations. On a CPU shared with other processes
+each one can wait for a descheduled thread, so fewer and larger operations win there;
+tensors above 32 MiB, on the other hand, are fresh memory (page faults) at every
+allocation. Measured at 64K tokens on 2 cores (forward+backward): 256 and 512 within
+noise of each other, 1024 about 15% slower, 128 up to 2x slower when the cores are busy.
+"""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which rows every chunk of every round reads, for the tiled path (N = B * H sequences)."""
+
+    qrows: list[Tensor]  # per round (N * C, m): the query rows of each chunk, in sorted order
+    krows: list[Tensor]  # per round (N * C, w): its key rows (the chunk, then the one before)
+    undo: list[Tensor]  # per round (N * Lp,): where each row sits in the sorted order
+    prev: Tensor | None  # (N * C,) the chunk before each chunk (cyclic); None: one chunk
+    chunk_of: Tensor | None  # (R, N * Lp) chunk of each row in each round (None: no duplicate check)
+    next_chunk: Tensor | None  # (R, N * Lp) the chunk whose look-back reaches it
+    heads: int
+    length: int  # real length (positions >= length are padding)
+    lp: int  # padded length
+    causal: bool
+    self_logit: float  # SELF_MASK_VALUE, minus log(n_hashes) when duplicates are counted
+
+
+def _make_plan(order: Tensor, chunk_size: int, length: int, causal: bool, count_duplicates: bool) -> _Plan:
+    """``order`` ``(B, H, R, Lp)``: each round's sorted positions -> the rows of every chunk."""
+    b, h, n_hashes, lp = order.shape
+    n, c, dev = b * h, lp // chunk_size, order.device
+    seq, head = torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(h, device=dev).view(1, h, 1, 1)
+    rows = (order + seq * lp) * h + head  # (B, H, R, Lp): row (b * Lp + p) * H + h
+    rows = rows.view(n, n_hashes, c, chunk_size)  # (N, R, C, m)
+    qrows = [rows[:, r].reshape(n * c, chunk_size) for r in range(n_hashes)]
+    krows = [_look_back(rows[:, r]).reshape(n * c, -1) for r in range(n_hashes)]
+    sorted_index = torch.arange(n * lp, device=dev)
+    undo = [torch.empty_like(sorted_index).scatter_(0, q.reshape(-1), sorted_index) for q in qrows]
+    prev = torch.arange(n * c, device=dev).view(n, c).roll(1, dims=1).reshape(-1) if c > 1 else None
+    chunk_of = next_chunk = None
+    dedupe = count_duplicates and n_hashes > 1
+    if dedupe:
+        small = torch.int16 if c < 2**15 else torch.int32
+        chunk_of = torch.stack([(u % lp // chunk_size).to(small) for u in undo])  # (R, N * Lp)
+        next_chunk = ((chunk_of + 1) % c).to(small) if c > 1 else chunk_of
+    self_logit = SELF_MASK_VALUE - (math.log(n_hashes) if dedupe else 0.0)
+    return _Plan(qrows, krows, undo, prev, chunk_of, next_chunk, h, length, lp, causal, self_logit)
+
+
+def _earlier_chunks(plan: _Plan, r: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """For each round ``s < r`` (when duplicates are counted), the chunks that round ``s``
+    gives round ``r``'s queries ``(N * C, m, 1)``, keys and the keys' next chunks ``(N * C, 1, w)``."""
+    if plan.chunk_of is None:
+        return []
+    qrows, krows = plan.qrows[r], plan.krows[r]
+    return [(plan.chunk_of[s][qrows][:, :, None], plan.chunk_of[s][krows][:, None, :],
+             plan.next_chunk[s][krows][:, None, :]) for s in range(r)]
+
+
+def _hidden(plan: _Plan, qrows: Tensor, krows: Tensor, earlier: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor | None:
+    """Keys hidden from each query of a tile: ``(T, m, w)`` bool (or None).
+
+    Causal: keys after the query (padding comes after every real key). Duplicates
+    (``earlier``, sliced to the tile): keys in the query's window in an earlier round
+    ``s``, i.e. with ``chunk_s(query)`` equal to ``chunk_s(key)`` or to the chunk after it.
+    """
+    hide = None
+    if plan.causal:
+        hide = krows[:, None, :] > qrows[:, :, None]  # same sequence and head: rows compare as positions
+    elif plan.lp > plan.length:
+        padding = (krows // plan.heads % plan.lp) >= plan.length  # (T, w)
+        hide = padding[:, None, :].expand(-1, qrows.shape[1], -1).clone()
+    for cq, ck, nk in earlier:
+        seen = (cq == ck).bitwise_or_(cq == nk)  # (T, m, w)
+        hide = seen if hide is None else hide.bitwise_or_(seen)
+    return hide
+
+
+def _tile_logits(plan: _Plan, qrows: Tensor, krows: Tensor, earlier: list[tuple[Tensor, Tensor, Tensor]],
+                 sq: Tensor, keys: list[Tensor]) -> Tensor:
+    """Masked logits ``(T, m, w)`` of a tile: ``sq`` ``(T, m, d)`` against its key halves."""
+    logits = torch.cat([torch.bmm(sq, k.transpose(1, 2)) for k in keys], dim=2)  # (T, m, w)
+    hide = _hidden(plan, qrows, krows, earlier)
+    if hide is not None:
+        logits.masked_fill_(hide, float("-inf"))
+    m = sq.shape[1]
+    # the query's own key: slot t of its own chunk; filled last, so every row keeps it
+    logits[:, :, :m].diagonal(dim1=1, dim2=2).fill_(plan.self_logit)
+    return logits
+
+
+def _tiles(plan: _Plan, r: int, tile: int) -> Iterator[tuple[slice, Tensor, Tensor, list]]:
+    """Each tile of ``tile`` chunks of round ``r``: its slice of the round's chunks, its
+    query rows ``(T, m)``, key rows ``(T, w)`` and duplicate-check chunks (:func:`_earlier_chunks`)."""
+    qrows, krows = plan.qrows[r], plan.krows[r]
+    earlier = _earlier_chunks(plan, r)
+    for start in range(0, qrows.shape[0], tile):
+        part = slice(start, start + tile)
+        yield part, qrows[part], krows[part], [(a[part], b[part], c[part]) for a, b, c in earlier]
+
+
+def _tile_inputs(plan: _Plan, entries: Tensor, part: slice, d: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Queries ``(T, m, d)`` of a tile, and its keys and values as window halves: the
+    chunk's own ``(T, m, d)``, then the previous chunk's (none when a round is one chunk).
+
+    ``entries`` ``(N * C, m, 2d + dv)`` are one round's rows in sorted order: the own half
+    is a view, the look-back half a copy of the previous chunks (whole chunks, contiguous);
+    the logits are built from two products, never from concatenated keys.
+    """
+    halves = [entries[part]]  # (T, m, 2d + dv)
+    if plan.prev is not None:  # the look-back: the chunk before each chunk
+        halves.append(entries.index_select(0, plan.prev[part]))
+    return halves[0][..., :d], [x[..., d : 2 * d] for x in halves], [x[..., 2 * d :] for x in halves]
+
+
+def _tiled_round(plan: _Plan, r: int, rows: Tensor, d: int, tile: int, entries: Tensor, out: Tensor,
+                 lse: Tensor) -> None:
+    """Round ``r`` tile by tile, in sorted order: writes the output ``out`` ``(N * C, m, dv)``
+    and the log-sum-exp ``lse`` ``(N * C, m, 1)``; ``entries`` ``(N * C, m, 2d + dv)`` is scratch."""
+    torch.index_select(rows, 0, plan.qrows[r].reshape(-1), out=entries.view(-1, rows.shape[-1]))  # sorted
+    for part, qrows, krows, earlier in _tiles(plan, r, tile):
+        sq, keys, values = _tile_inputs(plan, entries, part, d)
+        logits = _tile_logits(plan, qrows, krows, earlier, sq, keys)
+        top = logits.amax(dim=-1, keepdim=True)  # (T, m, 1); finite: the self logit
+        weights = logits.sub_(top).exp_()  # in place: (T, m, w) in (0, 1]
+        total = weights.sum(dim=-1, keepdim=True)  # (T, m, 1)
+        m = sq.shape[1]
+        o = torch.bmm(weights[:, :, :m], values[0], out=out[part])  # (T, m, dv)
+        if len(values) == 2:
+            o.baddbmm_(weights[:, :, m:], values[1])
+        o.div_(total)
+        lse[part] = total.log_().add_(top)
+
+
+def _tiled_forward(plan: _Plan, rows: Tensor, d: int, tile: int) -> tuple[Tensor, Tensor]:
+    """All rounds, combined by their log-sum-exp: output ``(N * Lp, dv)`` and log-sum-exp, by row.
+
+    Large buffers are allocated once and reused by every round: on the CPU a fresh
+    100 MiB tensor costs more (page faults) than filling it.
+    """
+    n_chunks, m = plan.qrows[0].shape
+    dv = rows.shape[-1] - 2 * d
+    entries = rows.new_empty(n_chunks, m, rows.shape[-1])
+    out_s, lse_s = rows.new_empty(n_chunks, m, dv), rows.new_empty(n_chunks, m, 1)  # sorted order
+    acc = weight = top = out_r = lse_r = None
+    for r in range(len(plan.qrows)):
+        _tiled_round(plan, r, rows, d, tile, entries, out_s, lse_s)
+        undo = plan.undo[r]
+        if acc is None:  # round 0: the running result, by row
+            acc, top = out_s.view(-1, dv).index_select(0, undo), lse_s.view(-1).index_select(0, undo)
+            weight, out_r, lse_r = torch.ones_like(top), torch.empty_like(acc), torch.empty_like(top)
+            continue
+        torch.index_select(out_s.view(-1, dv), 0, undo, out=out_r)
+        torch.index_select(lse_s.view(-1), 0, undo, out=lse_r)
+        new_top = torch.maximum(top, lse_r)  # running maximum: exact even when all are -1e5
+        rescale, w_r = (top - new_top).exp_(), lse_r.sub_(new_top).exp_()
+        acc = acc.mul_(rescale[:, None]).add_(out_r.mul_(w_r[:, None]))
+        weight, top = weight.mul_(rescale).add_(w_r), new_top
+    return acc.div_(weight[:, None]), weight.log_().add_(top)
+
+
+def _fold_look_back(plan: _Plan, grad: Tensor, dst: Tensor) -> None:
+    """Key gradients by window half ``(halves, N * C, m, d)`` -> by sorted entry, written
+    into ``dst`` ``(N * C * m, d)`` (a column slice of a larger buffer).
+
+    Half 1 (the look-back) of chunk ``c`` holds chunk ``c - 1``'s keys (the last chunk's
+    for ``c = 0``), so it moves one chunk back before the halves are added.
+    """
+    d = grad.shape[-1]
+    m = grad.shape[2]
+    out = dst.view(-1, plan.lp // m, m, d)  # (N, C, m, d)
+    out.copy_(grad[0].view(out.shape))
+    if plan.prev is not None:
+        prev = grad[1].view(out.shape)
+        out[:, :-1] += prev[:, 1:]
+        out[:, -1] += prev[:, 0]
+
+
+def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor, grad_out: Tensor,
+                    tile: int) -> Tensor:
+    """Gradient of the combined output for ``rows`` ``(N * Lp, 2d + dv)``, recomputing each tile.
+
+    With ``P = exp(logits - lse)`` (one softmax over every round's window):
+    ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dO * O))``, ``dQ = dS K``,
+    ``dK = dS^T Q``. The self logit is a constant: its ``dS`` is zero. Each round writes
+    its gradients in sorted order, tile after tile, and un-sorts them once. Buffers are
+    reused by every round, as in :func:`_tiled_forward`.
+    """
+    n_chunks, m = plan.qrows[0].shape
+    halves = 1 if plan.prev is None else 2
+    dv_size = grad_out.shape[-1]
+    delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (N * Lp, 1) rowsum(dO * O)
+    # per row: [dO | lse | delta], gathered together with the rows in each round
+    extra = torch.cat([grad_out, lse[:, None], delta], dim=-1)
+    entries = rows.new_empty(n_chunks, m, rows.shape[-1])  # sorted rows of a round
+    extra_r = extra.new_empty(n_chunks, m, extra.shape[-1])
+    dq_r = rows.new_empty(n_chunks, m, d)  # sorted order
+    dk_r = rows.new_empty(halves, n_chunks, m, d)  # by window half
+    dv_r = rows.new_empty(halves, n_chunks, m, dv_size)
+    by_entry, grad_r, grad = torch.empty_like(rows), torch.empty_like(rows), torch.zeros_like(rows)
+    for r in range(len(plan.qrows)):
+        qall = plan.qrows[r].reshape(-1)
+        torch.index_select(rows, 0, qall, out=entries.view(-1, rows.shape[-1]))
+        torch.index_select(extra, 0, qall, out=extra_r.view(-1, extra.shape[-1]))
+        for part, qrows, krows, earlier in _tiles(plan, r, tile):
+            sq, keys, values = _tile_inputs(plan, entries, part, d)
+            ex = extra_r[part]
+            do, lse_t, delta_t = ex[..., :dv_size], ex[..., dv_size:dv_size + 1], ex[..., dv_size + 1:]
+            p = _tile_logits(plan, qrows, krows, earlier, sq, keys).sub_(lse_t).exp_()  # (T, m, w)
+            dp = torch.cat([torch.bmm(do, v.transpose(1, 2)) for v in values], dim=2)  # (T, m, w)
+            ds = dp.sub_(delta_t).mul_(p)
+            ds[:, :, :m].diagonal(dim1=1, dim2=2).zero_()
+            dq = torch.bmm(ds[:, :, :m], keys[0], out=dq_r[part])
+            for half in range(halves):
+                cols = slice(half * m, (half + 1) * m)
+                torch.bmm(p[:, :, cols].transpose(1, 2), do, out=dv_r[half, part])
+                torch.bmm(ds[:, :, cols].transpose(1, 2), sq, out=dk_r[half, part])
+            if halves == 2:
+                dq.baddbmm_(ds[:, :, m:], keys[1])
+        by_entry[:, :d] = dq_r.view(-1, d)
+        _fold_look_back(plan, dk_r, by_entry[:, d : 2 * d])
+        _fold_look_back(plan, dv_r, by_entry[:, 2 * d :])
+        grad += torch.index_select(by_entry, 0, plan.undo[r], out=grad_r)
+    return grad
+
+
+class _TiledLSHAttention(torch.autograd.Function):
+    """Tiled multi-round LSH attention with a recomputing backward, on rows ``(N * Lp, 2d + dv)``."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, plan: _Plan, d: int, tile: int) -> Tensor:
+        out, lse = _tiled_forward(plan, rows, d, tile)
+        ctx.save_for_backward(rows, out, lse)
+        ctx.plan, ctx.d, ctx.tile = plan, d, tile
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        rows, out, lse = ctx.saved_tensors
+        grad = _tiled_backward(ctx.plan, rows, ctx.d, out, lse, grad_out.contiguous(), ctx.tile)
+        return grad, None, None, None
+
+
+def _tiled_attention(qk: Tensor, v: Tensor, order: Tensor, chunk_size: int, causal: bool,
+                     count_duplicates: bool) -> Tensor:
+    """The tiled path of :func:`lsh_attention`; ``order`` ``(B, H, R, Lp)``. Returns ``(B, H, L, dv)``."""
+    b, h, length, d = qk.shape
+    lp = order.shape[-1]
+    work = torch.float64 if qk.dtype == torch.float64 else torch.float32
+    q = qk.transpose(1, 2)  # (B, L, H, d): a view, contiguous for a (B, L, H * d) projection
+    rows = torch.cat([q * (1.0 / math.sqrt(d)), F.normalize(q, dim=-1), v.transpose(1, 2)], dim=-1).to(work)
+    if lp > length:
+        rows = F.pad(rows, (0, 0, 0, 0, 0, lp - length))  # zero rows for the padding
+    plan = _make_plan(order, chunk_size, length, causal, count_duplicates)
+    out = _TiledLSHAttention.apply(rows.reshape(b * lp * h, -1), plan, d, TILE_CHUNKS)  # (B * Lp * H, dv)
+    return out.view(b, lp, h, -1)[:, :length].transpose(1, 2).to(v.dtype)  # (B, H, L, dv)
+
+
 def lsh_attention(
     qk: Tensor,
     v: Tensor,
@@ -388,9 +710,11 @@ def lsh_attention(
         buckets: precomputed buckets (e.g. from the forward pass, to recompute it
             exactly in a reversible backward); ``rotations`` are then ignored.
         generator: random generator for the rotations.
-        checkpoint_rounds: recompute each round in the backward pass instead of storing
-            its intermediates (less memory, a little more time). Default: on when
-            gradients are being recorded and the sequence is longer than 4 chunks.
+        checkpoint_rounds: ``None`` or ``True`` (default): the tiled path, whose
+            hand-written backward recomputes each tile's logits instead of storing them
+            (fast, ``O(length)`` memory). ``False``: the plain reference, one round at a
+            time with autograd storing every intermediate (slower, more memory; the
+            tests compare the two).
 
     Returns:
         The output ``(batch, heads, length, dim_v)`` in ``v``'s dtype (and the buckets).
@@ -413,50 +737,19 @@ def lsh_attention(
     n = b * h
     lp = -(-length // chunk_size) * chunk_size  # padded length, a multiple of chunk_size
     pad = lp - length
-    x = qk.reshape(n, length, d)
-    vv = v.reshape(n, length, v.shape[-1])
     bk = buckets.reshape(n, n_hashes, length)
     if pad:
-        x = F.pad(x, (0, 0, 0, pad))
-        vv = F.pad(vv, (0, 0, 0, pad))
         bk = F.pad(bk, (0, pad), value=n_total)  # padding: a bucket after all real ones
-    keys = F.normalize(x, dim=-1)  # (N, Lp, d) unit keys
-    queries = x * (1.0 / math.sqrt(d))
     order = torch.sort(bk, dim=-1, stable=True).indices  # (N, R, Lp): by (bucket, position)
-
-    chunk_of = next_chunk = None
-    if count_duplicates and n_hashes > 1:
-        loc = torch.empty_like(order).scatter_(  # sorted location of each position, per round
-            2, order, torch.arange(lp, device=order.device).expand(n, n_hashes, lp))
-        n_chunks = lp // chunk_size
-        small = torch.int16 if n_chunks < 2**15 else torch.int32
-        chunk_of = (loc // chunk_size).to(small)  # (N, R, Lp)
-        # the chunk whose look-back reaches this one; a lone chunk has no look-back
-        next_chunk = ((chunk_of + 1) % n_chunks).to(small) if n_chunks > 1 else chunk_of
-
-    if checkpoint_rounds is None:
-        checkpoint_rounds = torch.is_grad_enabled() and lp > 4 * chunk_size
-    # Combine rounds by their log-sum-exp weights exp(lse_r - lse), computed as a running
-    # softmax over rounds relative to the running maximum (exact for equal lse_r even
-    # when they are -1e5, the value of a query that sees only itself).
-    acc = weight = top = None
-    for r in range(n_hashes):
-        args = (queries, keys, vv, order[:, r], chunk_of, next_chunk, r, length, chunk_size, causal)
-        if checkpoint_rounds and (queries.requires_grad or vv.requires_grad):
-            o_r, lse_r = checkpoint(_one_round, *args, use_reentrant=False)
-        else:
-            o_r, lse_r = _one_round(*args)
-        if acc is None:
-            top = lse_r.detach()
-            weight = torch.exp(lse_r - top)  # 1, but carries the gradient of lse_r
-            acc = o_r * weight[..., None]
-        else:
-            new_top = torch.maximum(top, lse_r.detach())  # any reference value works: no gradient
-            rescale, w_r = torch.exp(top - new_top), torch.exp(lse_r - new_top)
-            acc = acc * rescale[..., None] + o_r * w_r[..., None]
-            weight, top = weight * rescale + w_r, new_top
-    out = acc / weight[..., None]  # (N, Lp, dv)
-    out = out[:, :length].to(v.dtype).reshape(b, h, length, v.shape[-1])
+    if checkpoint_rounds is not False:
+        out = _tiled_attention(qk, v, order.view(b, h, n_hashes, lp), chunk_size, causal, count_duplicates)
+    else:
+        x = F.pad(qk.reshape(n, length, d), (0, 0, 0, pad))  # (N, Lp, d), zero padding
+        vv = F.pad(v.reshape(n, length, v.shape[-1]), (0, 0, 0, pad))
+        keys = F.normalize(x, dim=-1)  # (N, Lp, d) unit keys
+        queries = x * (1.0 / math.sqrt(d))
+        out = _autograd_rounds(queries, keys, vv, order, length, chunk_size, causal, count_duplicates)
+        out = out[:, :length].to(v.dtype).reshape(b, h, length, v.shape[-1])
     return (out, buckets) if return_buckets else out
 
 

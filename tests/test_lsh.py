@@ -13,7 +13,9 @@ gathers and chunk tricks:
   This is what the log-sum-exp combination of rounds computes.
 
 Tolerances: float64 comparisons use atol=1e-12 (values of order 1 after sums over at
-most a few hundred terms: a few hundred ulps at worst). The collision test is
+most a few hundred terms: a few hundred ulps at worst); gradients of the two code paths
+(tiled with a hand-written backward, plain autograd) also get a relative 1e-11, as
+their entries sum thousands of terms and reach ~10. The collision test is
 statistical: 20,000 independent rounds per angle give a standard error below 0.0036;
 we allow 4.5 standard errors (a false failure about once in 150,000 runs per angle).
 """
@@ -23,6 +25,7 @@ import math
 import pytest
 import torch
 
+from longctx_lib import lsh
 from longctx_lib.lsh import (
     SELF_MASK_VALUE,
     LSHSelfAttention,
@@ -36,6 +39,7 @@ from longctx_lib.lsh import (
 
 F64 = dict(dtype=torch.float64)
 ATOL = 1e-12
+GRAD_RTOL = 1e-11  # gradients of the two paths: sums of up to thousands of terms, some of order 10
 
 
 def rand(b=1, h=2, n=24, d=6, dv=5, seed=0):
@@ -342,6 +346,79 @@ def test_checkpointed_rounds_give_the_same_gradients():
         (out * torch.linspace(-1, 1, out.numel(), **F64).view_as(out)).sum().backward()
         grads.append((a.grad, b.grad))
     torch.testing.assert_close(grads[0], grads[1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "b, h, n, chunk, n_buckets, n_hashes",
+    [(2, 2, 37, 4, 4, 3), (1, 3, 16, 16, 4, 2), (1, 2, 13, 16, 8, 1), (2, 1, 40, 8, (2, 4), 4), (1, 2, 24, 12, 2, 2)],
+)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("count_duplicates", [True, False])
+def test_tiled_path_matches_plain_autograd_path(b, h, n, chunk, n_buckets, n_hashes, causal, count_duplicates,
+                                                 monkeypatch):
+    """The default path (tiles, hand-written backward, duplicates hidden after their first
+    round) against checkpoint_rounds=False (plain autograd, log N_ij subtracted): the same
+    outputs and gradients in float64. Covers padding, one chunk per round, two chunks,
+    several sequences and heads, and tiles that end inside a sequence (3 chunks a tile)."""
+    monkeypatch.setattr(lsh, "TILE_CHUNKS", 3)
+    qk, v = rand(b=b, h=h, n=n)
+    kw = dict(n_buckets=n_buckets, n_hashes=n_hashes, chunk_size=chunk, causal=causal,
+              count_duplicates=count_duplicates, rotations=rots(6, n_buckets, n_hashes))
+    weights = torch.linspace(-1, 1, b * h * n * 5, **F64).view(b, h, n, 5)
+    results = []
+    for ckpt in (None, False):
+        a, c = qk.clone().requires_grad_(), v.clone().requires_grad_()
+        out = lsh_attention(a, c, checkpoint_rounds=ckpt, **kw)
+        (out * weights).sum().backward()
+        results.append((out.detach(), a.grad, c.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=ATOL, rtol=0)
+    # gradients sum many more terms (some of order 10): a relative 1e-11 on top
+    torch.testing.assert_close(results[0][1:], results[1][1:], atol=ATOL, rtol=GRAD_RTOL)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n, chunk", [(11, 4), (6, 8)])
+def test_tiled_path_gradcheck_with_padding(causal, n, chunk, monkeypatch):
+    """Hand-written backward against finite differences: padding and a single chunk."""
+    monkeypatch.setattr(lsh, "TILE_CHUNKS", 2)
+    qk, v = rand(b=2, h=1, n=n, d=3, dv=2)
+    buckets = hash_vectors(qk, 4, 3, rotations=rots(3, 4, 3))
+    qk.requires_grad_()
+    v.requires_grad_()
+
+    def fn(qk, v):
+        return lsh_attention(qk, v, n_buckets=4, n_hashes=3, chunk_size=chunk, causal=causal, buckets=buckets)
+
+    assert torch.autograd.gradcheck(fn, (qk, v))
+
+
+@pytest.mark.parametrize("tile", [1, 2, 5, 64])
+def test_tile_size_does_not_change_the_result(tile, monkeypatch):
+    qk, v = rand(b=2, h=2, n=50)
+    kw = dict(n_buckets=8, n_hashes=3, chunk_size=4, causal=True, rotations=rots(6, 8, 3))
+    ref = lsh_attention(qk, v, checkpoint_rounds=False, **kw)
+    monkeypatch.setattr(lsh, "TILE_CHUNKS", tile)
+    torch.testing.assert_close(lsh_attention(qk, v, **kw), ref, atol=ATOL, rtol=0)
+
+
+def test_module_gradients_match_plain_autograd_path():
+    """Through the module (qk and v are transposed views of the projections)."""
+    torch.manual_seed(2)
+    layer = LSHSelfAttention(24, 3, n_hashes=2, chunk_size=4, n_buckets=4).double()
+    x = torch.randn(2, 30, 24, **F64)
+    buckets = layer(x, causal=True, return_buckets=True)[1]
+    grads = []
+    for ckpt in (None, False):
+        layer.zero_grad()
+        qk = layer.qk(x).view(2, 30, 3, 8).transpose(1, 2)
+        v = layer.v(x).view(2, 30, 3, 8).transpose(1, 2)
+        y = lsh_attention(qk, v, n_buckets=4, n_hashes=2, chunk_size=4, causal=True, buckets=buckets,
+                          checkpoint_rounds=ckpt)
+        y.square().sum().backward()
+        grads.append((y.detach(), layer.qk.weight.grad.clone(), layer.v.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=ATOL, rtol=0)
+    # weight gradients sum over 60 tokens of products of order-10 values, with cancellation
+    torch.testing.assert_close(grads[0][1:], grads[1][1:], atol=1e-10, rtol=GRAD_RTOL)
 
 
 def test_buckets_round_trip():
