@@ -13,6 +13,7 @@ absolute numbers depend on the machine and on what else it is doing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -42,10 +43,10 @@ def run(lengths: list[int], device: str, heads: int, repeats: int) -> list[dict]
                     attention, q, k, v, causal=True, impl=impl, repeats=repeats, device=dev
                 ).median
             row[f"{impl}_fwdbwd_s"] = time_fn(fwd_bwd, q, k, v, impl, repeats=repeats, device=dev).median
-            row[f"{impl}_peak_fwd_MiB"] = peak_memory(
-                attention_step, n, heads=heads, impl=impl, device=str(dev)) / MiB
-            row[f"{impl}_peak_fwdbwd_MiB"] = peak_memory(
-                attention_step, n, heads=heads, impl=impl, backward=True, device=str(dev)) / MiB
+            # peak_memory's `device` is where it measures; the workload gets its own bound
+            step = functools.partial(attention_step, n, heads=heads, impl=impl, device=str(dev))
+            row[f"{impl}_peak_fwd_MiB"] = peak_memory(step, device=str(dev)) / MiB
+            row[f"{impl}_peak_fwdbwd_MiB"] = peak_memory(step, backward=True, device=str(dev)) / MiB
         rows.append(row)
         del q, k, v
     return rows

@@ -47,6 +47,7 @@ and measures ours and SDPA only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -193,7 +194,9 @@ def measure(impl: str, length: int, device: torch.device, repeats: int, memory: 
     if memory:
         for key, bwd in (("peak_fwd_MiB", False), ("peak_fwdbwd_MiB", True)):
             args = (impl, length) if impl != "sdpa" else (length,)
-            row[key] = peak_memory(step, *args, backward=bwd, device=str(device)) / MiB
+            # peak_memory's `device` is where it measures; the workload gets its own bound
+            bound = functools.partial(step, *args, backward=bwd, device=str(device))
+            row[key] = peak_memory(bound, device=str(device)) / MiB
     return row
 
 
@@ -211,8 +214,9 @@ def run(lengths: list[int], extra: list[int], device: str, repeats: int, sdpa_ma
     extra_rows = []
     for n in tqdm(extra, desc="ours, longer"):
         r = {"length": n}
-        r["fwdbwd_s"] = time_fn(layer_step, "ours", n, backward=True, device=str(dev), warmup=0, repeats=1).median
-        r["peak_fwdbwd_MiB"] = peak_memory(layer_step, "ours", n, backward=True, device=str(dev), warmup=False) / MiB
+        step = functools.partial(layer_step, "ours", n, backward=True, device=str(dev))  # bound: see measure()
+        r["fwdbwd_s"] = time_fn(step, device=str(dev), warmup=0, repeats=1).median
+        r["peak_fwdbwd_MiB"] = peak_memory(step, device=str(dev), warmup=False) / MiB
         extra_rows.append(r)
     return {"rows": rows, "extra": extra_rows}
 

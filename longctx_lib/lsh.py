@@ -34,8 +34,9 @@ log-sum-exp of every query, and recomputes each tile's logits. The duplicate cor
 is applied in an equivalent form there: a key is kept only in the first round whose
 window holds it (later rounds hide it), which sums ``exp(logit)`` once per visible key,
 exactly as subtracting ``log N_ij`` in each of the ``N_ij`` rounds does.
-``checkpoint_rounds=False`` selects the plain reference instead: one round at a time
-with ordinary autograd (it stores every intermediate), subtracting ``log N_ij``.
+``impl="reference"`` selects the plain version instead (:func:`_one_round`, the one to
+read first): one round at a time with ordinary autograd (it stores every
+intermediate), subtracting ``log N_ij``.
 
 Design choices (the book discusses each):
 
@@ -689,7 +690,7 @@ def lsh_attention(
     return_buckets: bool = False,
     buckets: Tensor | None = None,
     generator: torch.Generator | None = None,
-    checkpoint_rounds: bool | None = None,
+    impl: str = "tiled",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Shared-QK LSH attention (Reformer), ``O(length * n_hashes * chunk_size)`` memory.
 
@@ -710,11 +711,11 @@ def lsh_attention(
         buckets: precomputed buckets (e.g. from the forward pass, to recompute it
             exactly in a reversible backward); ``rotations`` are then ignored.
         generator: random generator for the rotations.
-        checkpoint_rounds: ``None`` or ``True`` (default): the tiled path, whose
-            hand-written backward recomputes each tile's logits instead of storing them
-            (fast, ``O(length)`` memory). ``False``: the plain reference, one round at a
-            time with autograd storing every intermediate (slower, more memory; the
-            tests compare the two).
+        impl: ``"tiled"`` (default): chunks processed a tile at a time, with a
+            hand-written backward that recomputes each tile's logits instead of storing
+            them (fast, ``O(length)`` memory). ``"reference"``: the plain version, one
+            round at a time with autograd storing every intermediate (slower, more
+            memory; the tests check that the two agree).
 
     Returns:
         The output ``(batch, heads, length, dim_v)`` in ``v``'s dtype (and the buckets).
@@ -725,6 +726,8 @@ def lsh_attention(
     factors = _check_n_buckets(n_buckets)
     _check_positive_int("n_hashes", n_hashes)
     _check_positive_int("chunk_size", chunk_size)
+    if impl not in ("tiled", "reference"):
+        raise ValueError(f'impl must be "tiled" or "reference"; got {impl!r}')
     b, h, length, d = qk.shape
     n_total = _n_total(factors)
     if length == 0:
@@ -741,7 +744,7 @@ def lsh_attention(
     if pad:
         bk = F.pad(bk, (0, pad), value=n_total)  # padding: a bucket after all real ones
     order = torch.sort(bk, dim=-1, stable=True).indices  # (N, R, Lp): by (bucket, position)
-    if checkpoint_rounds is not False:
+    if impl == "tiled":
         out = _tiled_attention(qk, v, order.view(b, h, n_hashes, lp), chunk_size, causal, count_duplicates)
     else:
         x = F.pad(qk.reshape(n, length, d), (0, 0, 0, pad))  # (N, Lp, d), zero padding

@@ -64,7 +64,9 @@ def time_fn(
 ) -> Timing:
     """Time ``fn(*args, **kwargs)``: ``warmup`` untimed calls, then the median of ``repeats``.
 
-    ``device`` says which device to synchronise before and after each call.
+    ``device`` says which device to synchronise before and after each call; it is this
+    function's own argument and is not passed to ``fn`` (bind a workload's own device
+    with ``functools.partial(fn, device=...)``).
     """
     _check_fn(fn)
     if repeats < 1 or warmup < 0:
@@ -148,6 +150,9 @@ def peak_memory(
     **kwargs: Any,
 ) -> int:
     """Peak bytes allocated while ``fn(*args, **kwargs)`` runs, above what was in use before.
+
+    ``device`` says where to measure; it is this function's own argument and is not
+    passed to ``fn`` (bind a workload's own device with ``functools.partial``).
 
     On CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``).
     On the CPU: ``fn`` runs in a fresh ``spawn``-ed process, so ``fn`` and its arguments

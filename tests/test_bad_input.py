@@ -206,6 +206,7 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("lsh.lsh_attention", "length 0", lambda: _lsh(qk=T(1, 2, 0, 4), v=T(1, 2, 0, 4)), ValueError, r"\bqk\b.*length", ()),
     ("lsh.lsh_attention", "chunk_size 0", lambda: _lsh(chunk_size=0), ValueError, r"chunk_size", ()),
     ("lsh.lsh_attention", "odd n_buckets", lambda: _lsh(n_buckets=5), ValueError, r"n_buckets", ()),
+    ("lsh.lsh_attention", "unknown impl", lambda: _lsh(impl="fast"), ValueError, r"\bimpl\b", ()),
     ("lsh.lsh_attention", "buckets of the wrong shape", lambda: _lsh(buckets=torch.zeros(1, 2, 2, 8, dtype=torch.long)), ValueError, r"buckets.*\(batch, heads, n_hashes, length\)", ()),
     ("lsh.lsh_attention", "buckets out of range", lambda: _lsh(buckets=torch.full((1, 2, 1, 8), 4, dtype=torch.long)), ValueError, r"buckets must lie in", ()),
     ("lsh.lsh_attention", "float buckets", lambda: _lsh(buckets=T(1, 2, 1, 8)), TypeError, r"buckets.*int64", ()),

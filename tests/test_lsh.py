@@ -322,8 +322,8 @@ def test_permutation_equivariance_when_every_bucket_fills_one_chunk():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("checkpoint_rounds", [False, True])
-def test_gradcheck(causal, checkpoint_rounds):
+@pytest.mark.parametrize("impl", ["reference", "tiled"])
+def test_gradcheck(causal, impl):
     qk, v = rand(b=1, h=2, n=10, d=3, dv=2)
     buckets = hash_vectors(qk, 4, 2, rotations=rots(3, 4, 2))  # fixed: the function is smooth
     qk.requires_grad_()
@@ -331,7 +331,7 @@ def test_gradcheck(causal, checkpoint_rounds):
 
     def fn(qk, v):
         return lsh_attention(qk, v, n_buckets=4, n_hashes=2, chunk_size=4, causal=causal,
-                             buckets=buckets, checkpoint_rounds=checkpoint_rounds)
+                             buckets=buckets, impl=impl)
 
     assert torch.autograd.gradcheck(fn, (qk, v))
 
@@ -339,10 +339,10 @@ def test_gradcheck(causal, checkpoint_rounds):
 def test_checkpointed_rounds_give_the_same_gradients():
     qk, v = rand(n=37)
     grads = []
-    for ckpt in (False, True):
+    for impl in ("reference", "tiled"):
         a, b = qk.clone().requires_grad_(), v.clone().requires_grad_()
         out = lsh_attention(a, b, n_buckets=4, n_hashes=3, chunk_size=4, causal=True,
-                            rotations=rots(6, 4, 3), checkpoint_rounds=ckpt)
+                            rotations=rots(6, 4, 3), impl=impl)
         (out * torch.linspace(-1, 1, out.numel(), **F64).view_as(out)).sum().backward()
         grads.append((a.grad, b.grad))
     torch.testing.assert_close(grads[0], grads[1], atol=ATOL, rtol=0)
@@ -357,7 +357,7 @@ def test_checkpointed_rounds_give_the_same_gradients():
 def test_tiled_path_matches_plain_autograd_path(b, h, n, chunk, n_buckets, n_hashes, causal, count_duplicates,
                                                  monkeypatch):
     """The default path (tiles, hand-written backward, duplicates hidden after their first
-    round) against checkpoint_rounds=False (plain autograd, log N_ij subtracted): the same
+    round) against impl="reference" (plain autograd, log N_ij subtracted): the same
     outputs and gradients in float64. Covers padding, one chunk per round, two chunks,
     several sequences and heads, and tiles that end inside a sequence (3 chunks a tile)."""
     monkeypatch.setattr(lsh, "TILE_CHUNKS", 3)
@@ -366,9 +366,9 @@ def test_tiled_path_matches_plain_autograd_path(b, h, n, chunk, n_buckets, n_has
               count_duplicates=count_duplicates, rotations=rots(6, n_buckets, n_hashes))
     weights = torch.linspace(-1, 1, b * h * n * 5, **F64).view(b, h, n, 5)
     results = []
-    for ckpt in (None, False):
+    for impl in ("tiled", "reference"):
         a, c = qk.clone().requires_grad_(), v.clone().requires_grad_()
-        out = lsh_attention(a, c, checkpoint_rounds=ckpt, **kw)
+        out = lsh_attention(a, c, impl=impl, **kw)
         (out * weights).sum().backward()
         results.append((out.detach(), a.grad, c.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=ATOL, rtol=0)
@@ -396,7 +396,7 @@ def test_tiled_path_gradcheck_with_padding(causal, n, chunk, monkeypatch):
 def test_tile_size_does_not_change_the_result(tile, monkeypatch):
     qk, v = rand(b=2, h=2, n=50)
     kw = dict(n_buckets=8, n_hashes=3, chunk_size=4, causal=True, rotations=rots(6, 8, 3))
-    ref = lsh_attention(qk, v, checkpoint_rounds=False, **kw)
+    ref = lsh_attention(qk, v, impl="reference", **kw)
     monkeypatch.setattr(lsh, "TILE_CHUNKS", tile)
     torch.testing.assert_close(lsh_attention(qk, v, **kw), ref, atol=ATOL, rtol=0)
 
@@ -408,12 +408,12 @@ def test_module_gradients_match_plain_autograd_path():
     x = torch.randn(2, 30, 24, **F64)
     buckets = layer(x, causal=True, return_buckets=True)[1]
     grads = []
-    for ckpt in (None, False):
+    for impl in ("tiled", "reference"):
         layer.zero_grad()
         qk = layer.qk(x).view(2, 30, 3, 8).transpose(1, 2)
         v = layer.v(x).view(2, 30, 3, 8).transpose(1, 2)
         y = lsh_attention(qk, v, n_buckets=4, n_hashes=2, chunk_size=4, causal=True, buckets=buckets,
-                          checkpoint_rounds=ckpt)
+                          impl=impl)
         y.square().sum().backward()
         grads.append((y.detach(), layer.qk.weight.grad.clone(), layer.v.weight.grad.clone()))
     torch.testing.assert_close(grads[0][0], grads[1][0], atol=ATOL, rtol=0)
