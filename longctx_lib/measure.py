@@ -85,18 +85,10 @@ def time_fn(
 
 
 # --------------------------------------------------------------------------- peak memory
-def _status_kib(field: str) -> int | None:
+def _proc_kib(field: str, path: str = "/proc/self/status") -> int | None:
+    """A ``<field>: <n> kB`` line of a Linux /proc file, in KiB (None where there is none)."""
     try:
-        with open("/proc/self/status") as fh:
-            match = re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _meminfo_kib(field: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             match = re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.MULTILINE)
     except OSError:
         return None
@@ -129,10 +121,10 @@ def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> Non
             fn(*args, **kwargs)  # thread pools, autograd engine, lazy buffers: not the workload
         _release_free_memory()
         exact = _reset_peak_rss()
-        before = _status_kib("VmRSS") if exact else 0
+        before = _proc_kib("VmRSS") if exact else 0
         fn(*args, **kwargs)
         if exact:
-            peak = _status_kib("VmHWM")
+            peak = _proc_kib("VmHWM")
         else:  # ru_maxrss: KiB on Linux, bytes on macOS; includes the interpreter itself
             scale = 1 if sys.platform == "darwin" else 1024
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale // 1024
@@ -226,7 +218,7 @@ def _wait_for_child(proc: Any, queue: Any, timeout: float | None, what: str) -> 
                 if code is not None and code < 0:
                     hint = f" (killed by signal {-code}"
                     hint += ": most likely the operating system ran out of memory)" if -code == 9 else ")"
-                free = _meminfo_kib("MemAvailable")
+                free = _proc_kib("MemAvailable", "/proc/meminfo")
                 free_text = f"; {free / 2**20:.1f} GiB available now" if free is not None else ""
                 raise RuntimeError(
                     f"peak_memory: the child process measuring {what} exited with "

@@ -27,7 +27,7 @@ import nbformat
 
 from nbhelpers import REPO, load_script
 
-__all__ = ["Course", "GradedSubmission", "answer_cells", "graded_cells"]
+__all__ = ["Course", "GradedSubmission", "answer_cells", "graded_cells", "cached_grader"]
 
 
 def answer_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
@@ -177,3 +177,26 @@ class Course:
             grades = [g.to_dict() for g in
                       gb.find_submission_notebook(self.notebook_name, self.assignment, student).grades]
         return {g["name"]: g["auto_score"] or 0.0 for g in grades if g["cell_type"] == "code"}
+
+
+def cached_grader(course: Course, source: Path, student: Path, wrong: Mapping[str, tuple]):
+    """``grade(name)``: the autograded submission ``name``, graded once.
+
+    ``"solution"`` is the committed source notebook itself, ``"untouched"`` the committed
+    student notebook, any other name a student notebook filled in with ``wrong[name][0]``
+    (answers by grade_id).
+    """
+    cache: dict[str, GradedSubmission] = {}
+
+    def grade(name: str) -> GradedSubmission:
+        if name not in cache:
+            if name == "solution":
+                nb = source  # the source notebook itself, exactly as committed
+            elif name == "untouched":
+                nb = student  # the committed student notebook, nothing filled in
+            else:
+                nb = course.submission(wrong[name][0])
+            cache[name] = course.autograde(name.replace("_", "-"), nb)
+        return cache[name]
+
+    return grade

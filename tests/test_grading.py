@@ -18,7 +18,7 @@ import re
 import nbformat
 import pytest
 
-from grading_helpers import Course, answer_cells, graded_cells
+from grading_helpers import Course, answer_cells, cached_grader, graded_cells
 from nbhelpers import REPO, load_script
 
 # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every autograde.
@@ -117,20 +117,7 @@ def course(tmp_path_factory) -> Course:
 @pytest.fixture(scope="module")
 def graded(course):
     """``graded(name)``: the autograded submission ``name``, graded once per module."""
-    cache = {}
-
-    def grade(name):
-        if name not in cache:
-            if name == "solution":
-                nb = SOURCE  # the source notebook itself, exactly as committed
-            elif name == "untouched":
-                nb = STUDENT  # the committed student notebook, nothing filled in
-            else:
-                nb = course.submission(WRONG[name][0])
-            cache[name] = course.autograde(name.replace("_", "-"), nb)
-        return cache[name]
-
-    return grade
+    return cached_grader(course, SOURCE, STUDENT, WRONG)
 
 
 # ----------------------------------------------------------------------------- tests
