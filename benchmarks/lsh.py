@@ -55,7 +55,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from longctx_lib.attention import attention_step
+from longctx_lib.attention import attention, attention_step
 from longctx_lib.device import describe_device, resolve_device
 from longctx_lib.lsh import LSHSelfAttention, default_n_buckets, lsh_attention
 from longctx_lib.measure import peak_memory, time_fn
@@ -172,7 +172,6 @@ def measure(impl: str, length: int, device: torch.device, repeats: int, memory: 
     row = {}
     if impl == "sdpa":
         q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=device, requires_grad=True) for _ in range(3))
-        from longctx_lib.attention import attention
 
         def fwd():
             with torch.no_grad():
@@ -180,22 +179,19 @@ def measure(impl: str, length: int, device: torch.device, repeats: int, memory: 
 
         def fwdbwd():
             attention(q, k, v, causal=True, impl="sdpa").sum().backward()
-        step = sdpa_step
-        kw: dict = {}
+        step = functools.partial(sdpa_step, length)
     else:
         layer = make_layer(impl, length, device)
         x = torch.randn(1, length, HEADS * HEAD_DIM, device=device, requires_grad=True)
         fwd = lambda: run_layer(layer, impl, x, False)  # noqa: E731
         fwdbwd = lambda: run_layer(layer, impl, x, True)  # noqa: E731
-        step = layer_step
-        kw = {"impl": impl}
+        step = functools.partial(layer_step, impl, length)
     row["fwd_s"] = time_fn(fwd, repeats=repeats, device=device).median
     row["fwdbwd_s"] = time_fn(fwdbwd, repeats=repeats, device=device).median
     if memory:
         for key, bwd in (("peak_fwd_MiB", False), ("peak_fwdbwd_MiB", True)):
-            args = (impl, length) if impl != "sdpa" else (length,)
             # peak_memory's `device` is where it measures; the workload gets its own bound
-            bound = functools.partial(step, *args, backward=bwd, device=str(device))
+            bound = functools.partial(step, backward=bwd, device=str(device))
             row[key] = peak_memory(bound, device=str(device)) / MiB
     return row
 

@@ -16,7 +16,7 @@ References:
 The model (:class:`DuplicationLM`) is token + learned position embeddings, pre-LN
 shared-QK attention (:class:`longctx_lib.lsh.LSHSelfAttention`) and a feed-forward
 block, and an output head. The attention can be switched at any call: ``mode="full"``
-is dense causal shared-QK attention (:func:`full_shared_qk_attention`, the same weights
+is dense causal shared-QK attention (:func:`longctx_lib.lsh.full_shared_qk_attention`, the same weights
 and the same self-mask as LSH attention), an int is LSH attention with that many hashing
 rounds.
 
@@ -43,8 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import check_head_tensors
-from .lsh import SELF_MASK_VALUE, LSHSelfAttention
+from .lsh import LSHSelfAttention, full_shared_qk_attention
 from .tasks import duplication_accuracy, duplication_batch, duplication_targets_mask
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "REGENERATE_COMMAND",
     "MODE_NAMES",
     "checkpoint_name",
-    "full_shared_qk_attention",
     "DuplicationLM",
     "train_duplication",
     "evaluate_duplication",
@@ -144,38 +142,6 @@ def _check_steps(steps: object) -> int:
 
 
 # ------------------------------------------------------------------- attention
-def full_shared_qk_attention(qk: Tensor, v: Tensor, *, causal: bool = True) -> Tensor:
-    """Dense shared-QK attention with the Reformer's self-mask: what LSH approximates.
-
-    Logits ``q_i . k_j / sqrt(dim)`` with unit keys ``k_j = qk_j / ||qk_j||``; a query's
-    own key gets ``SELF_MASK_VALUE`` (it attends to itself only when nothing else is
-    visible), later keys are masked when ``causal``. Equal to :func:`lsh_attention`
-    with one chunk covering the sequence.
-
-    Args:
-        qk: ``(batch, heads, length, dim)``; v: ``(batch, heads, length, dim_v)``.
-
-    Returns:
-        ``(batch, heads, length, dim_v)``. Builds the ``(length x length)`` logits.
-    """
-    check_head_tensors(qk=qk, v=v)
-    if qk.shape[:3] != v.shape[:3]:
-        raise ValueError(
-            f"qk and v must share (batch, heads, length); got qk {tuple(qk.shape)} and v {tuple(v.shape)}"
-        )
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be True or False; got {causal!r}")
-    length, d = qk.shape[-2], qk.shape[-1]
-    work = torch.float64 if qk.dtype == torch.float64 else torch.float32
-    keys = F.normalize(qk, dim=-1)
-    logits = ((qk * (1.0 / math.sqrt(d))) @ keys.transpose(-1, -2)).to(work)  # (B, H, L, L)
-    if causal:
-        logits = logits.masked_fill(torch.ones(length, length, dtype=torch.bool, device=qk.device).triu(1),
-                                    float("-inf"))
-    logits = logits.masked_fill(torch.eye(length, dtype=torch.bool, device=qk.device), SELF_MASK_VALUE)
-    return (logits.softmax(dim=-1).to(v.dtype) @ v)  # (B, H, L, dv)
-
-
 class _SwitchableAttention(LSHSelfAttention):
     """:class:`LSHSelfAttention` whose forward also accepts ``n_hashes="full"``."""
 

@@ -80,6 +80,7 @@ __all__ = [
     "random_rotations",
     "hash_vectors",
     "lsh_attention",
+    "full_shared_qk_attention",
     "LSHSelfAttention",
     "lsh_attention_step",
 ]
@@ -754,6 +755,45 @@ def lsh_attention(
         out = _autograd_rounds(queries, keys, vv, order, length, chunk_size, causal, count_duplicates)
         out = out[:, :length].to(v.dtype).reshape(b, h, length, v.shape[-1])
     return (out, buckets) if return_buckets else out
+
+
+def full_shared_qk_attention(
+    qk: Tensor, v: Tensor, *, causal: bool = True, return_weights: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Dense shared-QK attention with the Reformer's self-mask: what LSH approximates.
+
+    Logits ``q_i . k_j / sqrt(dim)`` with unit keys ``k_j = qk_j / ||qk_j||``; a query's
+    own key gets ``SELF_MASK_VALUE`` (it attends to itself only when nothing else is
+    visible), later keys are masked when ``causal``. Equal to :func:`lsh_attention`
+    with one chunk covering the sequence.
+
+    Args:
+        qk: ``(batch, heads, length, dim)``; v: ``(batch, heads, length, dim_v)``.
+
+    Returns:
+        ``(batch, heads, length, dim_v)`` (and, with ``return_weights``, the softmax
+        weights ``(batch, heads, length, length)``). Builds the ``(length x length)`` logits.
+    """
+    check_head_tensors(qk=qk, v=v)
+    if qk.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"qk and v must share (batch, heads, length); got qk {tuple(qk.shape)} and v {tuple(v.shape)}"
+        )
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False; got {causal!r}")
+    if not isinstance(return_weights, bool):
+        raise TypeError(f"return_weights must be True or False; got {return_weights!r}")
+    length, d = qk.shape[-2], qk.shape[-1]
+    work = torch.float64 if qk.dtype == torch.float64 else torch.float32
+    keys = F.normalize(qk, dim=-1)
+    logits = ((qk * (1.0 / math.sqrt(d))) @ keys.transpose(-1, -2)).to(work)  # (B, H, L, L)
+    if causal:
+        logits = logits.masked_fill(torch.ones(length, length, dtype=torch.bool, device=qk.device).triu(1),
+                                    float("-inf"))
+    logits = logits.masked_fill(torch.eye(length, dtype=torch.bool, device=qk.device), SELF_MASK_VALUE)
+    weights = logits.softmax(dim=-1).to(v.dtype)  # (B, H, L, L)
+    out = weights @ v  # (B, H, L, dv)
+    return (out, weights) if return_weights else out
 
 
 # -------------------------------------------------------------------------- module

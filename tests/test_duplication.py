@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import longctx_lib.duplication as dup
 from longctx_lib.duplication import (
@@ -18,12 +17,11 @@ from longctx_lib.duplication import (
     DUPLICATION_CONFIG,
     DuplicationLM,
     evaluate_duplication,
-    full_shared_qk_attention,
     load_checkpoint,
     load_or_train,
     train_duplication,
 )
-from longctx_lib.lsh import SELF_MASK_VALUE, lsh_attention
+from longctx_lib.lsh import SELF_MASK_VALUE, full_shared_qk_attention, lsh_attention
 from longctx_lib.tasks import duplication_batch
 
 TINY = dict(DUPLICATION_CONFIG, length=16, vocab_size=8, d_model=16, n_heads=2, d_ff=16,
@@ -103,6 +101,10 @@ def test_full_attention_matches_reference_float64():
     torch.testing.assert_close(
         lsh_attention(qk, v, n_buckets=2, n_hashes=1, chunk_size=16, causal=True),
         full_shared_qk_attention(qk, v, causal=True), rtol=1e-12, atol=1e-12)
+    # the weights it returns are the ones it applied
+    out, weights = full_shared_qk_attention(qk, v, causal=False, return_weights=True)
+    torch.testing.assert_close(weights @ v, out, rtol=0, atol=0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]), rtol=0, atol=1e-12)
 
 
 def test_full_mode_is_dense_attention_float64():

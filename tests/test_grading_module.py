@@ -115,7 +115,7 @@ def test_static_scan(source, suite, flagged):
     assert bool(grading.forbidden_uses(suite, [source])) == flagged
 
 
-def test_library_changes_are_detected(tmp_path):
+def test_library_changes_are_detected():
     before = grading.library_fingerprint()
     assert grading.changed_library_files(before) == []
     some = next(iter(before))

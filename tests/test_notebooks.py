@@ -14,11 +14,17 @@ import pytest
 from nbhelpers import cell_errors, glued_value, load_script, read_glued
 
 
+def glued_results(built_book, stem: str) -> dict:
+    """Every value a book page glued in this build, after checking that no cell failed."""
+    nb = built_book.notebook(stem)
+    assert cell_errors(nb) == []
+    glued = read_glued(nb)
+    return {name: glued_value(glued, name) for name in glued}
+
+
 @pytest.fixture(scope="module")
 def ch1(built_book):
-    nb = built_book.notebook("01-attention-bottleneck")
-    assert cell_errors(nb) == []
-    return {name: glued_value(read_glued(nb), name) for name in read_glued(nb)}
+    return glued_results(built_book, "01-attention-bottleneck")
 
 
 def test_ch1_reference_equals_sdpa(ch1):
@@ -62,9 +68,7 @@ def test_ch1_saved_activations(ch1):
 
 @pytest.fixture(scope="module")
 def ch2(built_book):
-    nb = built_book.notebook("02-lsh-attention")
-    assert cell_errors(nb) == []
-    return {name: glued_value(read_glued(nb), name) for name in read_glued(nb)}
+    return glued_results(built_book, "02-lsh-attention")
 
 
 def test_ch2_collisions_follow_one_minus_theta_over_pi(ch2):
