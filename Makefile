@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book test test-all lab student execute bench bench-lsh checkpoints constraints clean
+.PHONY: help venv book test test-all lab student execute bench bench-lsh bench-reversible checkpoints constraints clean
 
 help:
 	@echo "Long Context from Scratch"
@@ -38,6 +38,7 @@ help:
 	@echo "  make execute    run book and solution notebooks with papermill -> $(OUT)/executed/"
 	@echo "  make bench      run benchmarks/attention.py on DEVICE"
 	@echo "  make bench-lsh  run benchmarks/lsh.py on DEVICE (against Hugging Face if transformers is installed)"
+	@echo "  make bench-reversible  run benchmarks/reversible.py on DEVICE (memory and time against depth)"
 	@echo "  make checkpoints retrain chapter 2's duplication-task models -> checkpoints/duplication/"
 	@echo "  make venv       create or refresh $(VENV)"
 	@echo "  make clean      remove $(OUT)/ and caches (keeps $(VENV))"
@@ -73,6 +74,9 @@ bench: $(STAMP)
 # The comparison with Hugging Face needs the optional extra: .venv/bin/pip install -e ".[bench]"
 bench-lsh: $(STAMP)
 	DEVICE=$(DEVICE) $(PY) benchmarks/lsh.py --device $(DEVICE) $(BENCH_ARGS)
+
+bench-reversible: $(STAMP)
+	DEVICE=$(DEVICE) $(PY) benchmarks/reversible.py --device $(DEVICE) $(BENCH_ARGS)
 
 # Retrain the shipped duplication-task checkpoints (chapter 2): 2-10 minutes per model on 2 CPU
 # cores (measured: full attention 2.3, LSH-1 4, LSH-2 7, LSH-4 10 minutes on a busy machine).

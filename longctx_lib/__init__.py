@@ -10,13 +10,17 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.lsh` - LSH attention: hash, sort, chunk, multi-round (ch. 2)
 - :mod:`longctx_lib.tasks` - synthetic long-context tasks, made on the fly (ch. 2 onwards)
 - :mod:`longctx_lib.duplication` - the Reformer's duplication experiment (Table 2) at toy scale (ch. 2)
+- :mod:`longctx_lib.reversible` - reversible residual layers, memory flat in depth (ch. 3)
+- :mod:`longctx_lib.chunking` - chunked feed-forward and chunked loss (ch. 4)
+- :mod:`longctx_lib.reformer` - the assembled Reformer language model (ch. 4)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
-from . import attention, costs, device, duplication, lsh, measure, tasks, transformer
+from . import attention, chunking, costs, device, duplication, lsh, measure, reformer, reversible, tasks, transformer
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .device import resolve_device
 from .lsh import LSHSelfAttention, hash_vectors, lsh_attention
+from .reversible import ReversibleBlock, ReversibleSequence
 
 __version__ = "0.1.0"
 
@@ -29,8 +33,13 @@ __all__ = [
     "lsh",
     "tasks",
     "duplication",
+    "reversible",
+    "chunking",
+    "reformer",
     "MultiHeadAttention",
     "LSHSelfAttention",
+    "ReversibleBlock",
+    "ReversibleSequence",
     "hash_vectors",
     "lsh_attention",
     "scaled_dot_product_attention",

@@ -52,10 +52,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import attention as _attention_module
 from . import costs as _costs_module
 from . import lsh as _lsh_module
+from . import reversible as _reversible_module
 
 __all__ = ["Suite", "SUITES", "check", "graded_on_its_own", "draw_cases", "verify", "referenced_library_names",
            "forbidden_uses", "make_execute_preprocessor", "GRADER_DIR_ENV"]
@@ -71,6 +73,7 @@ _REF_FLOPS = _costs_module.attention_flops
 _REF_MAX_LENGTH = _costs_module.max_length_for_budget
 _REF_HASH = _lsh_module.hash_vectors
 _SELF_MASK_VALUE = float(_lsh_module.SELF_MASK_VALUE)
+_REF_BLOCK = _reversible_module.ReversibleBlock
 
 
 # ------------------------------------------------------------------ graded on its own
@@ -402,15 +405,16 @@ for _name, _cases_fn in (("max_length_small", _max_length_small_cases), ("max_le
 _SDPA_NAME = "torch.nn.functional.scaled_dot_product_attention"
 
 
-def _lsh_functions() -> tuple[Callable[..., Any], ...]:
-    """Every Python function of longctx_lib.lsh and its classes' methods (code swappable)."""
+def _module_functions(module: Any) -> tuple[Callable[..., Any], ...]:
+    """Every Python function of ``module`` and its classes' methods (code swappable)."""
     found = []
-    for obj in list(vars(_lsh_module).values()):
-        members = (list(vars(obj).values()) if isinstance(obj, type) and obj.__module__ == _lsh_module.__name__
+    for obj in list(vars(module).values()):
+        members = (list(vars(obj).values()) if isinstance(obj, type) and obj.__module__ == module.__name__
                    else [obj])
         for f in members:
             f = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f  # e.g. an autograd.Function's
-            if (inspect.isfunction(f) and f.__module__ == _lsh_module.__name__
+            f = inspect.unwrap(f) if callable(f) else f  # the function under a decorator (torch.no_grad, ...)
+            if (inspect.isfunction(f) and f.__module__ == module.__name__
                     and not f.__code__.co_freevars):  # a closure's code cannot be swapped
                 found.append(f)
     return tuple(dict.fromkeys(found))
@@ -428,7 +432,7 @@ _HASH_FORBIDDEN = (*_LSH_FORBIDDEN, "longctx_lib.lsh.hash_vectors", "longctx_lib
 
 
 def _lsh_blocked() -> tuple[Callable[..., Any], ...]:
-    return (*_lsh_functions(), _ref_sort_and_chunk, _ref_chunk_attention, _ref_combine_rounds, _rows)
+    return (*_module_functions(_lsh_module), _ref_sort_and_chunk, _ref_chunk_attention, _ref_combine_rounds, _rows)
 
 
 def _ref_sort_and_chunk(buckets: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -771,6 +775,352 @@ _register(Suite("lsh_chunk_gradients", _chunk_grad_cases, _chunk_grads, lambda c
 for _name, _cases_fn in (("lsh_combine_small", _combine_small_cases), ("lsh_combine", _combine_cases)):
     _register(Suite(_name, _cases_fn, _combine_run, _combine_reference, _combine_compare, _combine_describe,
                     _LSH_FORBIDDEN, _lsh_blocked))
+
+
+# --- reversible residual layers (chapter 3) ---------------------------------------
+# Assignment 3 grades four functions, each on its own; f and g are torch modules that map
+# (batch, length, d) to the same shape:
+#   reversible_forward(f, g, x1, x2)                       -> (y1, y2)
+#   reversible_inverse(f, g, y1, y2)                       -> (x1, x2)
+#   block_backward(f, g, y1, y2, dy1, dy2)                 -> (x1, x2, dx1, dx2), f's and g's .grad += ...
+#   reversible_backward(blocks, y1, y2, dy1, dy2, step)    -> (dx1, dx2), every block's .grad += ...
+# A case is plain data: each module travels as its kind, its parameters and the .grad they
+# start with, and is rebuilt on both sides (_CaseModule); "blocks" lists each block's
+# (f, g) as indices into the modules, so one module can serve several blocks (shared
+# weights). Forward and inverse are compared with longctx_lib.reversible.ReversibleBlock;
+# both backward passes with plain autograd through the ordinary residual stack the blocks
+# form (_ref_backward). tests/test_grading_module.py checks that this reference equals the
+# reversible backward of longctx_lib.reversible.ReversibleSequence.
+_REV_FORBIDDEN = ("longctx_lib.reversible", "longctx_lib.ReversibleBlock", "longctx_lib.ReversibleSequence",
+                  "longctx_lib.grading")
+
+
+class _CaseModule(nn.Module):
+    """f or g of a case, (batch, length, d) -> (batch, length, d). Kinds: ``"affine"`` (a
+    Linear), ``"mlp"`` (LayerNorm, Linear, GELU, Linear), ``"attention"`` (LayerNorm, then
+    causal multi-head self-attention written with matmul and softmax)."""
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__()
+        self.kind, self.heads = spec["kind"], spec["heads"]
+        grads = spec["grads"] or {}
+        for name in sorted(spec["params"]):  # parameters() yields them in this order
+            p = nn.Parameter(spec["params"][name].clone())
+            p.grad = grads[name].clone() if name in grads else None
+            self.register_parameter(name, p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "affine":
+            return F.linear(x, self.weight, self.bias)
+        h = F.layer_norm(x, x.shape[-1:], self.norm_weight, self.norm_bias)
+        if self.kind == "mlp":
+            return F.linear(F.gelu(F.linear(h, self.w1, self.b1)), self.w2, self.b2)
+        b, length, d = x.shape
+        qkv = F.linear(h, self.w_qkv).view(b, length, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, dh)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (B, H, L, L)
+        later = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        weights = torch.softmax(logits.masked_fill(later, float("-inf")), dim=-1)
+        return F.linear((weights @ v).transpose(1, 2).reshape(b, length, d), self.w_out)  # (B, L, d)
+
+
+def _module_spec(kind: str, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64, *,
+                 hidden: int = 8, heads: int = 1, with_grads: bool = False) -> dict:
+    """Random parameters for a :class:`_CaseModule` (and random starting .grad if ``with_grads``)."""
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return scale * torch.randn(*shape, generator=gen, dtype=dtype)
+
+    norm = {"norm_weight": 1 + 0.2 * rnd(d), "norm_bias": 0.2 * rnd(d)}
+    if kind == "affine":
+        params = {"weight": rnd(d, d, scale=d ** -0.5), "bias": rnd(d)}
+    elif kind == "mlp":
+        params = {**norm, "w1": rnd(hidden, d, scale=d ** -0.5), "b1": 0.2 * rnd(hidden),
+                  "w2": rnd(d, hidden, scale=hidden ** -0.5), "b2": 0.2 * rnd(d)}
+    else:
+        params = {**norm, "w_qkv": rnd(3 * d, d, scale=d ** -0.5), "w_out": rnd(d, d, scale=d ** -0.5)}
+    grads = {name: rnd(*p.shape) for name, p in params.items()} if with_grads else None
+    return {"kind": kind, "params": params, "grads": grads, "heads": heads}
+
+
+def _case_modules(c: dict) -> list[_CaseModule]:
+    return [_CaseModule(spec) for spec in c["modules"]]
+
+
+def _param_grads(modules: list[_CaseModule]) -> tuple:
+    return tuple(p.grad for m in modules for p in m.parameters())
+
+
+def _param_names(c: dict) -> list[str]:
+    """``f of block 0: w1``, ... in the order of :func:`_param_grads`."""
+    names = []
+    for i, spec in enumerate(c["modules"]):
+        roles = [f"{'fg'[j]} of block {b}" for b, pair in enumerate(c["blocks"]) for j in (0, 1) if pair[j] == i]
+        names += [f"{' and '.join(roles)} ({spec['kind']}): {name}" for name in sorted(spec["params"])]
+    return names
+
+
+def _ref_stack_forward(modules: list, blocks: list, x1: torch.Tensor, x2: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks as an ordinary residual stack: y1 = x1 + f(x2), y2 = x2 + g(y1), block after block."""
+    for fi, gi in blocks:
+        x1 = x1 + modules[fi](x2)
+        x2 = x2 + modules[gi](x1)
+    return x1, x2
+
+
+def _ref_backward(c: dict) -> tuple:
+    """Plain autograd through the ordinary stack: ((x1, x2, dx1, dx2), parameter .grad)."""
+    modules = _case_modules(c)
+    x1, x2 = (c[k].clone().requires_grad_(True) for k in ("x1", "x2"))
+    with torch.enable_grad():
+        y1, y2 = _ref_stack_forward(modules, c["blocks"], x1, x2)
+        torch.autograd.backward((y1, y2), (c["dy1"], c["dy2"]))
+    return (x1.detach(), x2.detach(), x1.grad, x2.grad), _param_grads(modules)
+
+
+def _rev_step(f: Any, g: Any, y1: torch.Tensor, y2: torch.Tensor, dy1: torch.Tensor, dy2: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A right ``block_backward``: exercise 4's hidden tests give it to the student's loop."""
+    with torch.enable_grad():
+        y1 = y1.detach().requires_grad_(True)
+        gy = g(y1)
+        g_params = [p for p in g.parameters() if p.requires_grad]
+        torch.autograd.backward(gy, dy2, inputs=[y1, *g_params])  # accumulates into .grad
+        dx1 = dy1 + y1.grad  # y1 fed the output and g
+        x2 = (y2 - gy).detach().requires_grad_(True)
+        fx = f(x2)
+        torch.autograd.backward(fx, dx1, inputs=[x2, *[p for p in f.parameters() if p.requires_grad]])
+    return (y1 - fx).detach(), x2.detach(), dx1, dy2 + x2.grad
+
+
+def _rev_case(modules: list[dict], blocks: list, shape: tuple, gen: torch.Generator, *,
+              dtype: torch.dtype = torch.float64, tol: float = 1e-9, note: str | None = None,
+              no_grad: bool = False, dy1_zero: bool = False) -> dict:
+    """Random inputs and output gradients for the stack ``blocks`` of ``modules``; its outputs.
+
+    Tolerance (errors relative to 1 + |expected|): float64 rounding, grown by reconstructing
+    through up to 6 blocks, stays below 1e-12 (2.4e-13 seen); 1e-9 rejects every real mistake
+    (a missing term or a wrong order is off by ~0.1 or more)."""
+    x1, x2, dy1, dy2 = (torch.randn(*shape, generator=gen, dtype=dtype) for _ in range(4))
+    if dy1_zero:
+        dy1 = torch.zeros_like(dy1)
+    c = {"modules": modules, "blocks": [list(b) for b in blocks], "x1": x1, "x2": x2, "dy1": dy1, "dy2": dy2,
+         "tol": tol, "note": note, "no_grad": no_grad}
+    with torch.no_grad():
+        c["y1"], c["y2"] = _ref_stack_forward(_case_modules(c), c["blocks"], x1, x2)
+    return c
+
+
+def _rev_describe(c: dict) -> str:
+    kinds = ", ".join(f"({c['modules'][fi]['kind']}, {c['modules'][gi]['kind']})" for fi, gi in c["blocks"])
+    extras = [c["note"]] if c.get("note") else []
+    if any(s["grads"] for s in c["modules"]):
+        extras.append("parameters start with a .grad")
+    if c.get("no_grad"):
+        extras.append("called under torch.no_grad()")
+    return (f"{len(c['blocks'])} block(s) (f, g) = {kinds}, halves {tuple(c['x1'].shape)} {c['x1'].dtype}"
+            + (f" ({'; '.join(extras)})" if extras else ""))
+
+
+def _rev_random_cases(seed: int, n: int, *, depth: tuple[int, int] = (1, 1), grads: bool = False,
+                      no_grad: bool = False) -> list[dict]:
+    """float64 stacks of random depth, width, length and kinds; shared modules, one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(n):
+        batch, length, heads = rng.randint(1, 3), rng.randint(1, 9), rng.choice([1, 2])
+        d = heads * rng.randint(1, 4) + (1 if heads == 1 else 0)  # >= 2: LayerNorm of one feature is 0
+        n_blocks = depth[0] + i % (depth[1] - depth[0] + 1)  # every depth in range, in turn
+        specs, blocks = [], []
+        for _ in range(n_blocks):
+            pair = []
+            for _role in "fg":
+                if specs and rng.random() < 0.2:  # share an earlier module: its .grad must accumulate
+                    pair.append(rng.randrange(len(specs)))
+                    continue
+                kind = rng.choice(["mlp", "attention", "affine"])
+                specs.append(_module_spec(kind, d, gen, hidden=rng.randint(2, 12), heads=heads,
+                                          with_grads=grads and rng.random() < 0.5))
+                pair.append(len(specs) - 1)
+            blocks.append(pair)
+        cases.append(_rev_case(specs, blocks, (batch, length, d), gen, no_grad=no_grad and i % 2 == 0,
+                               dy1_zero=i % 7 == 3))
+    specs = [_module_spec("mlp", 8, gen, torch.float32, hidden=16), _module_spec("attention", 8, gen, torch.float32,
+                                                                                   heads=2)]
+    # float32: rounding ~1e-7 relative, grown by reconstructing through the blocks (4e-5 seen
+    # through 6 blocks); a real mistake is off by ~0.1 or more.
+    cases.append(_rev_case(specs, [[0, 1]] * depth[1], (2, 6, 8), gen, dtype=torch.float32, tol=1e-3,
+                           note="float32", no_grad=no_grad))
+    return cases
+
+
+def _rev_shared_cases(seed: int) -> list[dict]:
+    """f is g; the top's dy1 = 0; length 1; head size 1; attention as g and the MLP as f."""
+    gen = torch.Generator().manual_seed(seed)
+    mlp = lambda d, **kw: _module_spec("mlp", d, gen, hidden=6, **kw)  # noqa: E731
+    attn = lambda d, heads, **kw: _module_spec("attention", d, gen, heads=heads, **kw)  # noqa: E731
+    return [
+        _rev_case([mlp(4, with_grads=True)], [[0, 0]], (2, 5, 4), gen, note="f and g are the same module"),
+        _rev_case([attn(4, 2), mlp(4)], [[0, 1]], (2, 6, 4), gen, dy1_zero=True, note="dy1 = 0"),
+        _rev_case([mlp(3), attn(3, 1)], [[0, 1]], (1, 1, 3), gen, note="length 1"),
+        _rev_case([attn(4, 4), attn(4, 2, with_grads=True)], [[0, 1]], (3, 5, 4), gen, note="head size 1"),
+        _rev_case([attn(6, 2), mlp(6)], [[1, 0]], (2, 7, 6), gen, note="f the MLP, g attention"),
+    ]
+
+
+def _rev_forward_run(fn: Callable[..., Any], c: dict) -> Any:
+    modules = _case_modules(c)
+    (fi, gi), = c["blocks"]
+    return fn(modules[fi], modules[gi], c["x1"].clone(), c["x2"].clone())
+
+
+def _rev_inverse_run(fn: Callable[..., Any], c: dict) -> Any:
+    modules = _case_modules(c)
+    (fi, gi), = c["blocks"]
+    return fn(modules[fi], modules[gi], c["y1"].clone(), c["y2"].clone())
+
+
+def _rev_forward_reference(c: dict) -> tuple:
+    modules = _case_modules(c)
+    (fi, gi), = c["blocks"]
+    with torch.no_grad():
+        return _REF_BLOCK(modules[fi], modules[gi])(c["x1"], c["x2"])
+
+
+def _rev_inverse_reference(c: dict) -> tuple:
+    modules = _case_modules(c)
+    (fi, gi), = c["blocks"]
+    with torch.no_grad():
+        return _REF_BLOCK(modules[fi], modules[gi]).inverse(c["y1"], c["y2"])
+
+
+def _rev_pair_compare(names: tuple[str, str]) -> Callable[[Any, Any, dict], str | None]:
+    return lambda got, expected, c: _tuple_problem(got, expected, names, (c["tol"],) * 2, (True, True))
+
+
+def _holds_graph(out: Any) -> tuple[bool, ...]:
+    return tuple(isinstance(t, torch.Tensor) and t.grad_fn is not None for t in out) \
+        if isinstance(out, (tuple, list)) else ()
+
+
+def _rev_block_run(fn: Callable[..., Any], c: dict) -> tuple:
+    modules = _case_modules(c)
+    (fi, gi), = c["blocks"]
+    args = [c[k].clone() for k in ("y1", "y2", "dy1", "dy2")]
+    with torch.no_grad() if c["no_grad"] else contextlib.nullcontext():
+        out = fn(modules[fi], modules[gi], *args)
+    return out, _param_grads(modules), _holds_graph(out)
+
+
+def _rev_block_reference(c: dict) -> tuple:
+    values, grads = _ref_backward(c)
+    return values, grads, (False,) * 4
+
+
+def _rev_stack_run(fn: Callable[..., Any], c: dict) -> tuple:
+    modules = _case_modules(c)
+    blocks = [(modules[fi], modules[gi]) for fi, gi in c["blocks"]]
+    args = [c[k].clone() for k in ("y1", "y2", "dy1", "dy2")]
+    with torch.no_grad() if c["no_grad"] else contextlib.nullcontext():
+        out = fn(blocks, *args, step=_rev_step)
+    return out, _param_grads(modules), _holds_graph(out)
+
+
+def _rev_stack_reference(c: dict) -> tuple:
+    values, grads = _ref_backward(c)
+    return values[2:], grads, (False,) * 2
+
+
+def _rev_grads_problem(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != len(expected):
+        return "the parameters of f and g changed"
+    for name, g, e in zip(_param_names(c), got, expected):
+        if g is None:
+            return f"{name}: no gradient (its .grad is None)"
+        problem = _close_problem(g, e, c["tol"], relative=True)
+        if problem:
+            return f"{name}: .grad {problem}" + (" (add to the .grad it had; do not replace it)"
+                                                 if any(s["grads"] for s in c["modules"]) else "")
+    return None
+
+
+def _rev_backward_compare(names: tuple[str, ...]) -> Callable[[Any, Any, dict], str | None]:
+    def compare(got: Any, expected: tuple, c: dict) -> str | None:
+        if not isinstance(got, tuple) or len(got) != 3:  # only a hand-made results file
+            return "no results"
+        out, grads, graphs = got  # graphs: reported by the kernel (what it can check without the tensors)
+        graphs = graphs if isinstance(graphs, tuple) else ()
+        problem = _tuple_problem(out, expected[0], names, (c["tol"],) * len(names), (True,) * len(names))
+        if problem:
+            return problem
+        problem = _rev_grads_problem(grads, expected[1], c)
+        if problem:
+            return problem
+        kept = [n for n, held in zip(names, graphs) if held]
+        if kept and c["no_grad"]:
+            return (f"{', '.join(kept)} still attached to an autograd graph (return detached tensors: a graph keeps "
+                    "f's and g's activations alive, the memory a reversible stack exists to save)")
+        return None
+    return compare
+
+
+def _rev_blocked(step_allowed: bool = False) -> tuple[Callable[..., Any], ...]:
+    ours = (_ref_stack_forward, _ref_backward) + (() if step_allowed else (_rev_step,))
+    return (*_module_functions(_reversible_module), *ours)
+
+
+def _rev_small_forward_cases(seed: int) -> list[dict]:
+    """What the visible tests use: f(x) = 2x and g(x) = x + 1 on one feature; an MLP pair."""
+    gen = torch.Generator().manual_seed(seed)
+    two = {"kind": "affine", "params": {"weight": torch.tensor([[2.0]]), "bias": torch.tensor([0.0])},
+           "grads": None, "heads": 1}
+    plus_one = {"kind": "affine", "params": {"weight": torch.tensor([[1.0]]), "bias": torch.tensor([1.0])},
+                "grads": None, "heads": 1}
+    hand = _rev_case([two, plus_one], [[0, 1]], (1, 1, 1), gen, dtype=torch.float32, tol=1e-5, note="hand-worked")
+    hand["x1"], hand["x2"] = torch.tensor([[[1.0]]]), torch.tensor([[[3.0]]])
+    hand["y1"], hand["y2"] = torch.tensor([[[7.0]]]), torch.tensor([[[11.0]]])
+    mlps = [_module_spec("mlp", 4, gen, hidden=8), _module_spec("mlp", 4, gen, hidden=8)]
+    return [hand, _rev_case(mlps, [[0, 1]], (2, 5, 4), gen, note="two MLPs")]
+
+
+def _rev_small_block_cases(seed: int) -> list[dict]:
+    """What the visible tests of block_backward check: one MLP block against autograd, from
+    no .grad and again from the .grad the first call left (the second call adds as much)."""
+    gen = torch.Generator().manual_seed(seed)
+    specs = [_module_spec("mlp", 4, gen, hidden=8), _module_spec("mlp", 4, gen, hidden=8)]
+    first = _rev_case(specs, [[0, 1]], (2, 5, 4), gen, note="one MLP block")
+    left = iter(_ref_backward(first)[1])  # the .grad the first call leaves, in parameter order
+    again = [{**spec, "grads": {name: next(left) for name in sorted(spec["params"])}} for spec in specs]
+    return [first, {**first, "modules": again, "note": "called a second time"}]
+
+
+def _rev_small_stack_cases(seed: int) -> list[dict]:
+    """A stack of three MLP blocks against autograd (the visible test checks the loop with a fake step)."""
+    gen = torch.Generator().manual_seed(seed)
+    specs = [_module_spec("mlp", 4, gen, hidden=8) for _ in range(6)]
+    return [_rev_case(specs, [[0, 1], [2, 3], [4, 5]], (2, 5, 4), gen, note="three MLP blocks")]
+
+
+for _name, _cases_fn in (("rev_forward_small", _rev_small_forward_cases),
+                         ("rev_forward", lambda seed: _rev_random_cases(seed, 30) + _rev_shared_cases(seed))):
+    _register(Suite(_name, _cases_fn, _rev_forward_run, _rev_forward_reference, _rev_pair_compare(("y1", "y2")),
+                    _rev_describe, _REV_FORBIDDEN, _rev_blocked))
+for _name, _cases_fn in (("rev_inverse_small", _rev_small_forward_cases),
+                         ("rev_inverse", lambda seed: _rev_random_cases(seed, 30) + _rev_shared_cases(seed))):
+    _register(Suite(_name, _cases_fn, _rev_inverse_run, _rev_inverse_reference, _rev_pair_compare(("x1", "x2")),
+                    _rev_describe, _REV_FORBIDDEN, _rev_blocked))
+for _name, _cases_fn in (("rev_block_small", _rev_small_block_cases),
+                         ("rev_block", lambda seed: _rev_random_cases(seed, 30, grads=True)),
+                         ("rev_block_in_backward",
+                          lambda seed: [{**c, "no_grad": True} for c in _rev_shared_cases(seed)
+                                        + _rev_random_cases(seed + 1, 6, grads=True)])):
+    _register(Suite(_name, _cases_fn, _rev_block_run, _rev_block_reference,
+                    _rev_backward_compare(("x1", "x2", "dx1", "dx2")), _rev_describe, _REV_FORBIDDEN, _rev_blocked))
+for _name, _cases_fn in (("rev_stack_small", _rev_small_stack_cases),
+                         ("rev_stack", lambda seed: _rev_random_cases(seed, 20, depth=(1, 6), grads=True,
+                                                                      no_grad=True))):
+    _register(Suite(_name, _cases_fn, _rev_stack_run, _rev_stack_reference, _rev_backward_compare(("dx1", "dx2")),
+                    _rev_describe, _REV_FORBIDDEN, lambda: _rev_blocked(step_allowed=True)))
 
 
 # ------------------------------------------------------------------- kernel side

@@ -30,7 +30,8 @@ values are gathered once in sorted order, then the chunks are processed a few at
 (a "tile" of ``TILE_CHUNKS`` chunks), so that every ``(tile, m, 2m)`` logit tensor stays
 in the CPU cache while it is masked, exponentiated and multiplied. The backward pass is
 written by hand, as in flash attention: it keeps only the inputs, the output and the
-log-sum-exp of every query, and recomputes each tile's logits. The duplicate correction
+log-sum-exp of every query, and recomputes each tile's logits. Heads are processed one
+at a time (and hashing one round at a time), so every working buffer is one head's. The duplicate correction
 is applied in an equivalent form there: a key is kept only in the first round whose
 window holds it (later rounds hide it), which sums ``exp(logit)`` once per visible key,
 exactly as subtracting ``log N_ij`` in each of the ``N_ij`` rounds does.
@@ -218,8 +219,24 @@ def hash_vectors(
         rotations = random_rotations(dim, factors, n_hashes, generator=generator, device=x.device, dtype=work)
     else:
         _check_rotations(rotations, dim, factors, n_hashes, x)
-    # (..., L, d) x (d, H, R) -> (..., H, L, R): the only tensor that grows with n_buckets
-    rotated = torch.einsum("...ld,dhr->...hlr", x.to(work), rotations.to(work))
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, *x.shape[-2:])  # (N, L, d)
+    buckets = torch.empty(flat.shape[0], n_hashes, x.shape[-2], dtype=torch.int64, device=x.device)
+    # One round and a few sequences at a time: the rotated vectors (n, L, sum(b/2)) are
+    # the only tensor that grows with n_buckets; keep it under HASH_BLOCK numbers.
+    step = max(1, HASH_BLOCK // (x.shape[-2] * rotations.shape[-1]))
+    for r in range(n_hashes):
+        rot = rotations[:, r].to(work)  # (d, sum(b/2))
+        for i in range(0, flat.shape[0], step):
+            buckets[i : i + step, r] = _hash_one(flat[i : i + step].to(work) @ rot, factors)
+    return buckets.view(*lead, n_hashes, x.shape[-2])
+
+
+HASH_BLOCK = 2**22  # numbers (16 MiB in float32) of rotated vectors hashed at once
+
+
+def _hash_one(rotated: Tensor, factors: tuple[int, ...]) -> Tensor:
+    """Bucket ids ``(n, L)`` from one round's rotated vectors ``(n, L, sum(b // 2))``."""
     buckets, offset, product = None, 0, 1
     for b in factors:
         part = rotated[..., offset : offset + b // 2]
@@ -227,7 +244,7 @@ def hash_vectors(
         # as argmax of the concatenation would (first maximal index)
         top, arg_top = part.max(dim=-1)
         low, arg_low = part.min(dim=-1)
-        h = torch.where(top >= -low, arg_top, arg_low + b // 2)  # (..., H, L)
+        h = torch.where(top >= -low, arg_top, arg_low + b // 2)  # (n, L)
         buckets = h if buckets is None else buckets + product * h
         offset, product = offset + b // 2, product * b
     return buckets
@@ -581,21 +598,19 @@ def _tiled_forward(plan: _Plan, rows: Tensor, d: int, tile: int) -> tuple[Tensor
     return acc.div_(weight[:, None]), weight.log_().add_(top)
 
 
-def _fold_look_back(plan: _Plan, grad: Tensor, dst: Tensor) -> None:
-    """Key gradients by window half ``(halves, N * C, m, d)`` -> by sorted entry, written
-    into ``dst`` ``(N * C * m, d)`` (a column slice of a larger buffer).
+def _fold_look_back(plan: _Plan, grad: Tensor) -> Tensor:
+    """Key gradients by window half ``(halves, N * C, m, d)`` -> by sorted entry ``(N * C * m, d)``.
 
     Half 1 (the look-back) of chunk ``c`` holds chunk ``c - 1``'s keys (the last chunk's
-    for ``c = 0``), so it moves one chunk back before the halves are added.
+    for ``c = 0``), so it moves one chunk back and is added to half 0, in place.
     """
-    d = grad.shape[-1]
-    m = grad.shape[2]
-    out = dst.view(-1, plan.lp // m, m, d)  # (N, C, m, d)
-    out.copy_(grad[0].view(out.shape))
+    d, m = grad.shape[-1], grad.shape[2]
+    out = grad[0].view(-1, plan.lp // m, m, d)  # (N, C, m, d)
     if plan.prev is not None:
         prev = grad[1].view(out.shape)
         out[:, :-1] += prev[:, 1:]
         out[:, -1] += prev[:, 0]
+    return out.view(-1, d)
 
 
 def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor, grad_out: Tensor,
@@ -619,7 +634,7 @@ def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor,
     dq_r = rows.new_empty(n_chunks, m, d)  # sorted order
     dk_r = rows.new_empty(halves, n_chunks, m, d)  # by window half
     dv_r = rows.new_empty(halves, n_chunks, m, dv_size)
-    by_entry, grad_r, grad = torch.empty_like(rows), torch.empty_like(rows), torch.zeros_like(rows)
+    grad = torch.zeros_like(rows)
     for r in range(len(plan.qrows)):
         qall = plan.qrows[r].reshape(-1)
         torch.index_select(rows, 0, qall, out=entries.view(-1, rows.shape[-1]))
@@ -639,43 +654,87 @@ def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor,
                 torch.bmm(ds[:, :, cols].transpose(1, 2), sq, out=dk_r[half, part])
             if halves == 2:
                 dq.baddbmm_(ds[:, :, m:], keys[1])
-        by_entry[:, :d] = dq_r.view(-1, d)
-        _fold_look_back(plan, dk_r, by_entry[:, d : 2 * d])
-        _fold_look_back(plan, dv_r, by_entry[:, 2 * d :])
-        grad += torch.index_select(by_entry, 0, plan.undo[r], out=grad_r)
+        # un-sort: sorted entry j belongs to row qall[j] (each row once per round)
+        grad[:, :d].index_add_(0, qall, dq_r.view(-1, d))
+        grad[:, d : 2 * d].index_add_(0, qall, _fold_look_back(plan, dk_r))
+        grad[:, 2 * d :].index_add_(0, qall, _fold_look_back(plan, dv_r))
     return grad
 
 
+def _head_rows(q: Tensor, v: Tensor, lp: int) -> Tensor:
+    """One head's rows ``(B * Lp, 2d + dv)``: ``[q / sqrt(d) | q / ||q|| | v]``, zero rows as padding."""
+    b, length, d = q.shape
+    rows = torch.cat([q * (1.0 / math.sqrt(d)), F.normalize(q, dim=-1), v], dim=-1)  # (B, L, 2d + dv)
+    if lp > length:
+        rows = F.pad(rows, (0, 0, 0, lp - length))
+    return rows.reshape(b * lp, -1)
+
+
+def _rows_to_inputs(grad: Tensor, q: Tensor, lp: int) -> tuple[Tensor, Tensor]:
+    """Gradient by row ``(B * Lp, 2d + dv)`` -> gradients of ``q`` ``(B, L, d)`` and ``v`` ``(B, L, dv)``.
+
+    ``q`` entered twice, scaled by ``1/sqrt(d)`` and normalised (``k = q / n``, ``n = max(||q||, 1e-12)``,
+    as ``F.normalize``): ``dq = dq_s / sqrt(d) + (dk - k (k . dk)) / n`` where ``||q|| > 1e-12``,
+    ``dk / 1e-12`` elsewhere.
+    """
+    b, length, d = q.shape
+    grad = grad.view(b, lp, -1)[:, :length]
+    norm = q.norm(dim=-1, keepdim=True)
+    safe = norm.clamp_min(1e-12)
+    k, dk = q / safe, grad[..., d : 2 * d]
+    through_norm = torch.where(norm > 1e-12, dk - k * (k * dk).sum(-1, keepdim=True), dk) / safe
+    return grad[..., :d] * (1.0 / math.sqrt(d)) + through_norm, grad[..., 2 * d :]
+
+
 class _TiledLSHAttention(torch.autograd.Function):
-    """Tiled multi-round LSH attention with a recomputing backward, on rows ``(N * Lp, 2d + dv)``."""
+    """Tiled multi-round LSH attention with a recomputing backward, one head at a time.
+
+    ``qk`` ``(B, H, L, d)`` and ``v`` ``(B, H, L, dv)`` in the working dtype, ``order``
+    ``(B, H, R, Lp)``. Only the inputs, the order, the output ``(B, L, H, dv)`` and the
+    log-sum-exp are kept; each head's rows and chunk plan are rebuilt in backward, so
+    every working buffer is one head's.
+    """
 
     @staticmethod
-    def forward(ctx, rows: Tensor, plan: _Plan, d: int, tile: int) -> Tensor:
-        out, lse = _tiled_forward(plan, rows, d, tile)
-        ctx.save_for_backward(rows, out, lse)
-        ctx.plan, ctx.d, ctx.tile = plan, d, tile
+    def forward(ctx, qk: Tensor, v: Tensor, order: Tensor, chunk_size: int, causal: bool,
+                count_duplicates: bool, tile: int) -> Tensor:
+        b, h, length, d = qk.shape
+        lp = order.shape[-1]
+        out = qk.new_empty(b, length, h, v.shape[-1])  # (B, L, H, dv)
+        lse = qk.new_empty(b, h, lp)
+        for i in range(h):
+            plan = _make_plan(order[:, i : i + 1], chunk_size, length, causal, count_duplicates)
+            o, l = _tiled_forward(plan, _head_rows(qk[:, i], v[:, i], lp), d, tile)
+            out[:, :, i] = o.view(b, lp, -1)[:, :length]
+            lse[:, i] = l.view(b, lp)
+        ctx.save_for_backward(qk, v, order, out, lse)
+        ctx.args = (chunk_size, causal, count_duplicates, tile)
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        rows, out, lse = ctx.saved_tensors
-        grad = _tiled_backward(ctx.plan, rows, ctx.d, out, lse, grad_out.contiguous(), ctx.tile)
-        return grad, None, None, None
+        qk, v, order, out, lse = ctx.saved_tensors
+        chunk_size, causal, count_duplicates, tile = ctx.args
+        b, h, length, d = qk.shape
+        lp = order.shape[-1]
+        dqk, dv = torch.empty_like(qk), torch.empty_like(v)
+        for i in range(h):
+            plan = _make_plan(order[:, i : i + 1], chunk_size, length, causal, count_duplicates)
+            o, g = (F.pad(t[:, :, i], (0, 0, 0, lp - length)).reshape(b * lp, -1) for t in (out, grad_out))
+            grad = _tiled_backward(plan, _head_rows(qk[:, i], v[:, i], lp), d, o, lse[:, i].reshape(-1),
+                                   g.contiguous(), tile)
+            dqk[:, i], dv[:, i] = _rows_to_inputs(grad, qk[:, i], lp)
+        return dqk, dv, None, None, None, None, None
 
 
 def _tiled_attention(qk: Tensor, v: Tensor, order: Tensor, chunk_size: int, causal: bool,
                      count_duplicates: bool) -> Tensor:
     """The tiled path of :func:`lsh_attention`; ``order`` ``(B, H, R, Lp)``. Returns ``(B, H, L, dv)``."""
-    b, h, length, d = qk.shape
-    lp = order.shape[-1]
     work = torch.float64 if qk.dtype == torch.float64 else torch.float32
-    q = qk.transpose(1, 2)  # (B, L, H, d): a view, contiguous for a (B, L, H * d) projection
-    rows = torch.cat([q * (1.0 / math.sqrt(d)), F.normalize(q, dim=-1), v.transpose(1, 2)], dim=-1).to(work)
-    if lp > length:
-        rows = F.pad(rows, (0, 0, 0, 0, 0, lp - length))  # zero rows for the padding
-    plan = _make_plan(order, chunk_size, length, causal, count_duplicates)
-    out = _TiledLSHAttention.apply(rows.reshape(b * lp * h, -1), plan, d, TILE_CHUNKS)  # (B * Lp * H, dv)
-    return out.view(b, lp, h, -1)[:, :length].transpose(1, 2).to(v.dtype)  # (B, H, L, dv)
+    out = _TiledLSHAttention.apply(qk.to(work), v.to(work), order, chunk_size, causal, count_duplicates,
+                                   TILE_CHUNKS)  # (B, L, H, dv)
+    return out.transpose(1, 2).to(v.dtype)  # (B, H, L, dv), a view of (B, L, H, dv)
 
 
 def lsh_attention(

@@ -114,8 +114,29 @@ def _release_free_memory() -> None:
         pass
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _fix_mmap_threshold() -> None:
+    """Serve every allocation above 128 KiB with its own ``mmap`` (glibc), returned on free.
+
+    By default glibc raises this threshold each time a large block is freed, after
+    which large tensors come from the heap, where freed space is reused only by
+    allocations that fit it: the resident set then grows with the number of
+    differently sized tensors a workload has freed, not with what it holds at once
+    (measured: a 12-layer reversible stack looked 2x its 2-layer peak instead of 1.07x).
+    Fixing the threshold makes the peak resident set follow the bytes actually live.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> None:
     try:
+        _fix_mmap_threshold()
         torch.set_num_threads(kwargs.pop("_threads"))
         if kwargs.pop("_warmup"):
             fn(*args, **kwargs)  # thread pools, autograd engine, lazy buffers: not the workload
@@ -149,7 +170,9 @@ def peak_memory(
     On CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``).
     On the CPU: ``fn`` runs in a fresh ``spawn``-ed process, so ``fn`` and its arguments
     must be picklable (a function defined in a module, not in a notebook); build large
-    inputs inside ``fn``. The result is the rise of the process's peak resident memory
+    inputs inside ``fn``. The child serves large allocations with their own ``mmap``
+    (glibc), so that freed tensors leave the resident set at once and the peak follows
+    the bytes live at one time rather than heap fragmentation. The result is the rise of the process's peak resident memory
     over its resident memory just before the call (exact on Linux; elsewhere the peak
     includes the interpreter, and the figure is an upper bound).
 

@@ -75,6 +75,16 @@ def _mha_forward(x, **kw):
     return MultiHeadAttention(8, 2)(x, **kw)
 
 
+def _tiny_reformer():
+    from longctx_lib.reformer import ReformerLM
+    return ReformerLM(vocab_size=5, d_model=8, n_heads=2, d_ff=16, n_layers=1, chunk_size=4, max_length=64)
+
+
+def _rev_block():
+    from longctx_lib.reversible import NormAttention, NormFeedForward, ReversibleBlock
+    return ReversibleBlock(NormAttention(8, 2, attention="full"), NormFeedForward(8, 16))
+
+
 def _block_forward(x):
     from longctx_lib.transformer import TransformerBlock
     return TransformerBlock(8, 2, 16)(x)
@@ -261,6 +271,65 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("duplication.load_or_train", "mode lsh0", lambda: longctx_lib.duplication.load_or_train("lsh0"), ValueError, r"\bmode\b", ()),
     ("duplication.load_or_train", "retrain is a string", lambda: longctx_lib.duplication.load_or_train("full", retrain="yes"), TypeError, r"retrain", ()),
     ("duplication.load_or_train", "checkpoint_dir is an int", lambda: longctx_lib.duplication.load_or_train("full", checkpoint_dir=3), TypeError, r"checkpoint_dir", ()),
+    # reversible (chapter 3)
+    ("reversible.ReversibleBlock", "f is a function", lambda: longctx_lib.reversible.ReversibleBlock(lambda x: x, torch.nn.Identity()), TypeError, r"\bf\b", ()),
+    ("reversible.ReversibleBlock", "halves differ", lambda: _rev_block()(T(1, 4, 8), T(1, 5, 8)), ValueError, r"x1 and x2", ()),
+    ("reversible.ReversibleBlock", "g changes the shape", lambda: longctx_lib.reversible.ReversibleBlock(torch.nn.Identity(), torch.nn.Linear(8, 3))(T(1, 4, 8), T(1, 4, 8)), ValueError, r"\bg\b must return", ()),
+    ("reversible.ReversibleSequence", "no blocks", lambda: longctx_lib.reversible.ReversibleSequence([]), TypeError, r"blocks", ()),
+    ("reversible.ReversibleSequence", "a block is a Linear", lambda: longctx_lib.reversible.ReversibleSequence([torch.nn.Linear(2, 2)]), TypeError, r"blocks", ()),
+    ("reversible.ReversibleSequence", "unknown mode", lambda: longctx_lib.reversible.ReversibleSequence([_rev_block()], mode="fast"), ValueError, r"\bmode\b", ()),
+    ("reversible.ReversibleSequence", "x1 is a list", lambda: longctx_lib.reversible.ReversibleSequence([_rev_block()])([[1.0]]), TypeError, r"\bx1\b", ()),
+    ("reversible.ReversibleSequence", "wrong d_model", lambda: longctx_lib.reversible.ReversibleSequence([_rev_block()])(T(1, 4, 6)), ValueError, r"d_model", ()),
+    ("reversible.NormAttention", "unknown attention", lambda: longctx_lib.reversible.NormAttention(8, 2, attention="linear"), ValueError, r"attention", ()),
+    ("reversible.NormAttention", "LSH options with full attention", lambda: longctx_lib.reversible.NormAttention(8, 2, attention="full", n_hashes=2), ValueError, r"n_hashes", ()),
+    ("reversible.NormAttention", "causal is a string", lambda: longctx_lib.reversible.NormAttention(8, 2, causal="yes"), TypeError, r"\bcausal\b", ()),
+    ("reversible.NormAttention", "heads do not divide d_model", lambda: longctx_lib.reversible.NormAttention(8, 3), ValueError, r"n_heads", ()),
+    ("reversible.NormAttention", "dropout 1", lambda: longctx_lib.reversible.NormAttention(8, 2, dropout=1.0), ValueError, r"dropout", ()),
+    ("reversible.NormAttention", "input of width 6", lambda: longctx_lib.reversible.NormAttention(8, 2)(T(1, 4, 6)), ValueError, r"d_model", ()),
+    ("reversible.NormFeedForward", "d_ff 0", lambda: longctx_lib.reversible.NormFeedForward(8, 0), ValueError, r"d_ff", ()),
+    ("reversible.NormFeedForward", "input of width 6", lambda: longctx_lib.reversible.NormFeedForward(8, 16)(T(1, 4, 6)), ValueError, r"d_model", ()),
+    ("reversible.replayed", "key is an int", lambda: longctx_lib.reversible.replayed(3), TypeError, r"\bkey\b", ()),
+    ("reversible.remember", "value is a list", lambda: longctx_lib.reversible.remember("buckets", [1, 2]), TypeError, r"\bvalue\b", ()),
+    ("reversible.remember", "empty key", lambda: longctx_lib.reversible.remember("", T(2)), TypeError, r"\bkey\b", ()),
+    ("reversible.reversible_stack", "n_layers 0", lambda: longctx_lib.reversible.reversible_stack(8, 2, 16, 0), ValueError, r"n_layers", ()),
+    ("reversible.reversible_stack", "unknown mode", lambda: longctx_lib.reversible.reversible_stack(8, 2, 16, 1, mode="fast"), ValueError, r"\bmode\b", ()),
+    ("reversible.reconstruction_error", "not a sequence", lambda: longctx_lib.reversible.reconstruction_error(_rev_block(), T(1, 4, 8)), TypeError, r"\bseq\b", ()),
+    ("reversible.reconstruction_error", "halves differ", lambda: longctx_lib.reversible.reconstruction_error(longctx_lib.reversible.ReversibleSequence([_rev_block()]), T(1, 4, 8), T(1, 3, 8)), ValueError, r"x1 and x2", ()),
+    ("reversible.reversible_stack_step", "length 0", lambda: longctx_lib.reversible.reversible_stack_step(0, 2), ValueError, r"\blength\b", ()),
+    ("reversible.reversible_stack_step", "unknown mode", lambda: longctx_lib.reversible.reversible_stack_step(8, 2, mode="fast"), ValueError, r"\bmode\b", ()),
+    ("reversible.reversible_stack_step", "unknown attention", lambda: longctx_lib.reversible.reversible_stack_step(8, 2, attention="linear"), ValueError, r"attention", ()),
+    ("reversible.reversible_stack_step", "device tpu", lambda: longctx_lib.reversible.reversible_stack_step(8, 2, device="tpu"), ValueError, r"device", ()),
+    # chunking (chapter 4)
+    ("chunking.apply_chunked", "fn not callable", lambda: longctx_lib.chunking.apply_chunked(3, T(1, 4, 8), chunk_size=2), TypeError, r"\bfn\b", ()),
+    ("chunking.apply_chunked", "x is 2-D", lambda: longctx_lib.chunking.apply_chunked(torch.nn.Identity(), T(4, 8), chunk_size=2), ValueError, r"\bx\b", ()),
+    ("chunking.apply_chunked", "chunk_size 0", lambda: longctx_lib.chunking.apply_chunked(torch.nn.Identity(), T(1, 4, 8), chunk_size=0), ValueError, r"chunk_size", ()),
+    ("chunking.ChunkedFeedForward", "ff is a function", lambda: longctx_lib.chunking.ChunkedFeedForward(lambda x: x, chunk_size=2), TypeError, r"\bff\b", ()),
+    ("chunking.ChunkedFeedForward", "chunk_size 2.5", lambda: longctx_lib.chunking.ChunkedFeedForward(torch.nn.Identity(), chunk_size=2.5), ValueError, r"chunk_size", ()),
+    ("chunking.chunked_cross_entropy", "weight width differs", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 6), torch.zeros(1, 4, dtype=torch.long)), ValueError, r"\bweight\b", ()),
+    ("chunking.chunked_cross_entropy", "float targets", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), T(1, 4)), TypeError, r"targets", ()),
+    ("chunking.chunked_cross_entropy", "targets shape", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), torch.zeros(1, 3, dtype=torch.long)), ValueError, r"targets", ()),
+    ("chunking.chunked_cross_entropy", "target out of range", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), torch.full((1, 4), 5)), ValueError, r"targets", ()),
+    ("chunking.chunked_cross_entropy", "bias shape", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), torch.zeros(1, 4, dtype=torch.long), bias=T(4)), ValueError, r"\bbias\b", ()),
+    ("chunking.chunked_cross_entropy", "reduction none", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), torch.zeros(1, 4, dtype=torch.long), reduction="none"), ValueError, r"reduction", ()),
+    ("chunking.chunked_cross_entropy", "chunk_size 0", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), torch.zeros(1, 4, dtype=torch.long), chunk_size=0), ValueError, r"chunk_size", ()),
+    ("chunking.chunked_cross_entropy", "hidden is a list", lambda: longctx_lib.chunking.chunked_cross_entropy([1.0], T(5, 8), torch.zeros(1, 4, dtype=torch.long)), TypeError, r"hidden", ()),
+    # reformer (chapter 4)
+    ("reformer.axial_shape_for", "max_length 0", lambda: longctx_lib.reformer.axial_shape_for(0), ValueError, r"max_length", ()),
+    ("reformer.ReformerConfig", "d_model not a multiple of n_heads", lambda: longctx_lib.reformer.ReformerConfig(d_model=30, n_heads=4), ValueError, r"n_heads", ()),
+    ("reformer.ReformerConfig", "unknown attention", lambda: longctx_lib.reformer.ReformerConfig(attention="linear"), ValueError, r"attention", ()),
+    ("reformer.ReformerConfig", "axial shape too small", lambda: longctx_lib.reformer.ReformerConfig(max_length=100, axial_shape=(5, 5)), ValueError, r"axial_shape", ()),
+    ("reformer.ReformerConfig", "ff_chunk_size 0", lambda: longctx_lib.reformer.ReformerConfig(ff_chunk_size=0), ValueError, r"ff_chunk_size", ()),
+    ("reformer.ReformerConfig", "unknown mode", lambda: longctx_lib.reformer.ReformerConfig(mode="fast"), ValueError, r"\bmode\b", ()),
+    ("reformer.ReformerConfig", "n_layers 0", lambda: longctx_lib.reformer.ReformerConfig(n_layers=0), ValueError, r"n_layers", ()),
+    ("reformer.AxialPositionEmbedding", "shape of three", lambda: longctx_lib.reformer.AxialPositionEmbedding(8, (2, 2, 2)), ValueError, r"\bshape\b", ()),
+    ("reformer.AxialPositionEmbedding", "length beyond the table", lambda: longctx_lib.reformer.AxialPositionEmbedding(8, (2, 2))(5), ValueError, r"\blength\b", ()),
+    ("reformer.ReformerLM", "config is a dict", lambda: longctx_lib.reformer.ReformerLM({"d_model": 8}), TypeError, r"config", ()),
+    ("reformer.ReformerLM", "float tokens", lambda: _tiny_reformer()(T(1, 8)), TypeError, r"tokens", ()),
+    ("reformer.ReformerLM", "tokens longer than max_length", lambda: _tiny_reformer()(torch.zeros(1, 65, dtype=torch.long)), ValueError, r"max_length", ()),
+    ("reformer.ReformerLM", "loss on one token", lambda: _tiny_reformer().loss(torch.zeros(1, 1, dtype=torch.long)), ValueError, r"tokens", ()),
+    ("reformer.ReformerLM", "generate n_new -1", lambda: _tiny_reformer().generate(torch.zeros(1, 2, dtype=torch.long), -1), ValueError, r"n_new", ()),
+    ("reformer.ReformerLM", "generate temperature 0", lambda: _tiny_reformer().generate(torch.zeros(1, 2, dtype=torch.long), 1, temperature=0), ValueError, r"temperature", ()),
+    ("reformer.reformer_train_step", "length 1", lambda: longctx_lib.reformer.reformer_train_step(1), ValueError, r"\blength\b", ()),
     # grading
     ("grading.check", "unknown suite", lambda: longctx_lib.grading.check("nope", lambda: None), ValueError, r"suite_name", ()),
     ("grading.check", "fn not callable", lambda: longctx_lib.grading.check("max_length", 3), TypeError, r"\bfn\b", ()),

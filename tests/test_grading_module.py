@@ -270,3 +270,202 @@ def test_lsh_private_names_are_forbidden():
 ])
 def test_lsh_static_scan(source, suite, flagged):
     assert bool(grading.forbidden_uses(suite, [source])) == flagged
+
+
+# ------------------------------------------------- chapter 3: reversible residual layers
+import contextlib  # noqa: E402
+
+from longctx_lib import reversible  # noqa: E402
+
+REV_SUITES = {"rev_forward_small": "forward", "rev_forward": "forward", "rev_inverse_small": "inverse",
+              "rev_inverse": "inverse", "rev_block_small": "block", "rev_block": "block",
+              "rev_block_in_backward": "block", "rev_stack_small": "stack", "rev_stack": "stack"}
+
+
+# A student's answers, written here from the assignment's prompts (not the grader's code).
+def _rev_forward(f, g, x1, x2, g_sees_x1=False):
+    y1 = x1 + f(x2)
+    return y1, x2 + g(x1 if g_sees_x1 else y1)
+
+
+def _rev_inverse(f, g, y1, y2, f_first=False):
+    if f_first:  # the wrong order: f(y2) in place of f(x2)
+        x1 = y1 - f(y2)
+        return x1, y2 - g(x1)
+    x2 = y2 - g(y1)
+    return y1 - f(x2), x2
+
+
+def _block_backward(f, g, y1, y2, dy1, dy2, mistake=None):
+    """With torch.autograd.grad and explicit accumulation (the notebook's solution uses backward)."""
+    def through(module, out, x, grad_out):
+        params = [p for p in module.parameters() if p.requires_grad]
+        found = torch.autograd.grad(out, [x, *params], grad_out, retain_graph=mistake == "keeps_graph")
+        for p, grad in zip(params, found[1:]):
+            p.grad = grad if p.grad is None or mistake == "overwrites" else p.grad + grad
+        return found[0]
+
+    grad_mode = contextlib.nullcontext() if mistake == "no_enable_grad" else torch.enable_grad()
+    with grad_mode:
+        y1 = y1.detach().requires_grad_(True)
+        gy = g(y1)
+        total = dy1 + (0 if mistake == "forgets_g_path" else through(g, gy, y1, dy2))
+        if mistake == "forgets_g_path":
+            through(g, gy, y1, dy2)
+        x2 = (y2 - gy).detach().requires_grad_(True)
+        fx = f(x2)
+        dx2 = dy2 + through(f, fx, x2, total)
+        if mistake == "keeps_graph":  # the rebuilt x1 still hangs on f's graph
+            return y1 - fx, x2.detach(), total, dx2
+    return (y1 - fx).detach(), x2.detach(), total, dx2
+
+
+def _reversible_backward(blocks, y1, y2, dy1, dy2, step=None, bottom_up=False):
+    step = _block_backward if step is None else step
+    for f, g in (blocks if bottom_up else reversed(blocks)):
+        y1, y2, dy1, dy2 = step(f, g, y1, y2, dy1, dy2)
+    return dy1, dy2
+
+
+_REV_ANSWERS = {"forward": _rev_forward, "inverse": _rev_inverse, "block": _block_backward,
+                "stack": _reversible_backward}
+
+
+@pytest.mark.parametrize("suite", list(REV_SUITES))
+def test_rev_right_answers_pass(tmp_path, monkeypatch, suite):
+    assert _grade(tmp_path, monkeypatch, suite, _REV_ANSWERS[REV_SUITES[suite]]) == []
+
+
+_OVERWRITES = lambda *a: _block_backward(*a, mistake="overwrites")  # noqa: E731
+_FORGETS_G = lambda *a: _block_backward(*a, mistake="forgets_g_path")  # noqa: E731
+_NO_ENABLE_GRAD = lambda *a: _block_backward(*a, mistake="no_enable_grad")  # noqa: E731
+_KEEPS_GRAPH = lambda *a: _block_backward(*a, mistake="keeps_graph")  # noqa: E731
+
+
+@pytest.mark.parametrize("suite, fn, words", [
+    ("rev_forward_small", lambda *a: _rev_forward(*a, g_sees_x1=True), "y2: max |error|"),
+    ("rev_forward", lambda *a: _rev_forward(*a, g_sees_x1=True), "y2: max |error|"),
+    ("rev_inverse_small", lambda *a: _rev_inverse(*a, f_first=True), "x1: max |error|"),
+    ("rev_inverse", lambda *a: _rev_inverse(*a, f_first=True), "x1: max |error|"),
+    ("rev_block_small", _OVERWRITES, "do not replace it"),
+    ("rev_block", _OVERWRITES, "do not replace it"),
+    ("rev_block_in_backward", _OVERWRITES, "do not replace it"),
+    ("rev_block_small", _FORGETS_G, "dx1: max |error|"),
+    ("rev_block", _FORGETS_G, "dx1: max |error|"),
+    ("rev_block_in_backward", _FORGETS_G, "dx1: max |error|"),
+    ("rev_block_in_backward", _NO_ENABLE_GRAD, "does not require grad"),
+    ("rev_block_in_backward", _KEEPS_GRAPH, "x1 still attached to an autograd graph"),
+    ("rev_stack_small", lambda *a, step: _reversible_backward(*a, step=step, bottom_up=True), "max |error|"),
+    ("rev_stack", lambda *a, step: _reversible_backward(*a, step=step, bottom_up=True), "max |error|"),
+])
+def test_rev_wrong_answers_fail(tmp_path, monkeypatch, suite, fn, words):
+    problems = _grade(tmp_path, monkeypatch, suite, fn)
+    assert problems and "checked by the grader" in problems[0] and words in problems[0], problems
+
+
+def test_rev_wrong_answers_pass_the_suites_that_cannot_see_them(tmp_path, monkeypatch):
+    """Forgetting torch.enable_grad(), or returning a tensor that holds a graph, shows only when
+    block_backward is called as a backward pass calls it; exercise 4 is graded with a right step."""
+    for fn in (_NO_ENABLE_GRAD, _KEEPS_GRAPH):
+        for suite in ("rev_block_small", "rev_block"):
+            assert _grade(tmp_path, monkeypatch, suite, fn) == [], suite
+    broken_step = lambda *a, step: _reversible_backward(*a, step=_FORGETS_G)  # noqa: E731
+    assert _grade(tmp_path, monkeypatch, "rev_stack", broken_step)  # ignoring `step` costs the points
+    assert _grade(tmp_path, monkeypatch, "rev_stack", lambda *a, step: _reversible_backward(*a)) == []
+
+
+def _rev_cases():
+    return [c for name in ("rev_block", "rev_stack", "rev_block_in_backward", "rev_block_small")
+            for c in grading.SUITES[name].cases(0)]
+
+
+def test_rev_reference_is_the_library_reversible_backward():
+    """The grader's autograd reference equals longctx_lib.reversible.ReversibleSequence's reversible
+    backward (modules shared between blocks, starting .grad, float32 included); the step the grader
+    gives exercise 4 equals the library's too."""
+    checked = 0
+    for c in _rev_cases():
+        (x1, x2, dx1, dx2), grads = grading._ref_backward(c)
+        modules = grading._case_modules(c)
+        seq = reversible.ReversibleSequence([reversible.ReversibleBlock(modules[fi], modules[gi])
+                                             for fi, gi in c["blocks"]])
+        a1, a2 = (c[k].clone().requires_grad_(True) for k in ("x1", "x2"))
+        y1, y2 = seq(a1, a2)
+        torch.autograd.backward((y1, y2), (c["dy1"], c["dy2"]))
+        tol = c["tol"]
+        assert (y1.detach() - c["y1"]).abs().max() <= tol and (y2.detach() - c["y2"]).abs().max() <= tol
+        rel = lambda got, want: ((got - want).abs() / (1 + want.abs())).max().item()  # noqa: E731
+        assert rel(a1.grad, dx1) <= tol and rel(a2.grad, dx2) <= tol, _describe(c)
+        library_grads = grading._param_grads(modules)
+        assert all(rel(g, e) <= tol for g, e in zip(library_grads, grads)), grading._rev_describe(c)
+        # the step given to exercise 4, walked down the stack
+        modules = grading._case_modules(c)
+        steps = _reversible_backward([(modules[fi], modules[gi]) for fi, gi in c["blocks"]], c["y1"], c["y2"],
+                                     c["dy1"], c["dy2"], step=grading._rev_step)
+        assert rel(steps[0], dx1) <= tol and rel(steps[1], dx2) <= tol
+        assert all(rel(g, e) <= tol for g, e in zip(grading._param_grads(modules), grads))
+        checked += 1
+    assert checked > 60
+
+
+def _describe(c):
+    return grading._rev_describe(c)
+
+
+def test_rev_cases_cover_what_the_prompts_promise():
+    cases = {name: grading.SUITES[name].cases(0) for name in REV_SUITES}
+    kinds = {s["kind"] for c in cases["rev_stack"] for s in c["modules"]}
+    assert kinds == {"mlp", "attention", "affine"}
+    shared = lambda c: len({i for pair in c["blocks"] for i in pair}) < 2 * len(c["blocks"])  # noqa: E731
+    for name in ("rev_forward", "rev_inverse", "rev_block", "rev_block_in_backward", "rev_stack"):
+        assert any(shared(c) for c in cases[name]), name
+        assert any(c["x1"].dtype == torch.float32 for c in cases[name]), name
+    assert any(any(s["grads"] for s in c["modules"]) for c in cases["rev_block"])
+    assert all(c["no_grad"] for c in cases["rev_block_in_backward"])
+    assert not any(c["no_grad"] for c in cases["rev_block"])
+    assert {len(c["blocks"]) for c in cases["rev_stack"]} >= {1, 6}
+    assert any(float(c["dy1"].abs().max()) == 0 for c in cases["rev_block_in_backward"])
+
+
+def test_rev_library_is_blocked_while_graded(tmp_path, monkeypatch):
+    via_library = lambda f, g, y1, y2: reversible.ReversibleBlock(f, g).inverse(y1, y2)  # noqa: E731
+    problems = _grade(tmp_path, monkeypatch, "rev_inverse_small", via_library)
+    assert problems and "graded on its own" in problems[0]
+    for suite in REV_SUITES:
+        blocked = set(grading.SUITES[suite].blocked())
+        assert set(grading._module_functions(reversible)) <= blocked, suite
+        assert {reversible.ReversibleBlock.forward, reversible.ReversibleBlock.inverse, reversible._block_backward,
+                grading._ref_backward, grading._ref_stack_forward} <= blocked, suite
+        # exercise 4's hidden tests hand the student's loop a right step: only there is it callable
+        assert (grading._rev_step in blocked) == (REV_SUITES[suite] != "stack"), suite
+    with grading.graded_on_its_own(*grading.SUITES["rev_block"].blocked()):
+        with pytest.raises(AssertionError, match="graded on its own"):
+            grading._rev_step(None, None, None, None, None, None)
+    f = g = torch.nn.Linear(2, 2)
+    assert reversible.ReversibleBlock(f, g)(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2))[0].shape == (1, 1, 2)
+
+
+@pytest.mark.parametrize("source, suite, flagged", [
+    ("from longctx_lib.reversible import ReversibleBlock", "rev_forward", True),
+    ("from longctx_lib.reversible import ReversibleBlock", "rev_stack", True),  # its inverse does half the work
+    ("from longctx_lib import ReversibleSequence", "rev_stack_small", True),
+    ("import longctx_lib\nlongctx_lib.reversible._block_backward", "rev_block", True),
+    ("from longctx_lib import reversible", "rev_inverse", True),
+    ("from longctx_lib.reversible import NormAttention", "rev_block_in_backward", True),  # the whole module
+    ("import longctx_lib\ngetattr(longctx_lib, 'reversible')", "rev_forward_small", True),
+    ("from longctx_lib.grading import _rev_step", "rev_stack", True),
+    ("from longctx_lib.lsh import hash_vectors", "rev_block", False),
+    ("import torch\ntorch.autograd.backward", "rev_block", False),
+    ("from longctx_lib.reversible import ReversibleBlock", "lsh_hash", False),  # chapter 2 unchanged
+])
+def test_rev_static_scan(source, suite, flagged):
+    assert bool(grading.forbidden_uses(suite, [source])) == flagged
+
+
+@pytest.mark.parametrize("results", [[(1, 2)], [None], [((None,) * 4, (), ())], ["nonsense"]])
+def test_rev_hand_made_results_fail_without_crashing_the_grader(tmp_path, results):
+    for suite in ("rev_block_small", "rev_stack_small", "rev_inverse_small"):
+        cases = grading.draw_cases(suite, tmp_path)
+        torch.save(results * len(cases), tmp_path / f"{suite}.out.pt")
+        problems = grading.verify(suite, tmp_path, cases)
+        assert problems and "checked by the grader" in problems[0], (suite, problems)
