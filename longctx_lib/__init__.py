@@ -13,10 +13,12 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.reversible` - reversible residual layers, memory flat in depth (ch. 3)
 - :mod:`longctx_lib.chunking` - chunked feed-forward and chunked loss (ch. 4)
 - :mod:`longctx_lib.reformer` - the assembled Reformer language model (ch. 4)
+- :mod:`longctx_lib.text` - real text without a download: the standard library's source (ch. 4)
+- :mod:`longctx_lib.charlm` - character-level training in bits per character (ch. 4)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
-from . import attention, chunking, costs, device, duplication, lsh, measure, reformer, reversible, tasks, transformer
+from . import attention, charlm, chunking, costs, device, duplication, lsh, measure, reformer, reversible, tasks, text, transformer
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .device import resolve_device
 from .lsh import LSHSelfAttention, hash_vectors, lsh_attention
@@ -36,6 +38,8 @@ __all__ = [
     "reversible",
     "chunking",
     "reformer",
+    "text",
+    "charlm",
     "MultiHeadAttention",
     "LSHSelfAttention",
     "ReversibleBlock",

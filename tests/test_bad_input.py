@@ -330,6 +330,21 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("reformer.ReformerLM", "generate n_new -1", lambda: _tiny_reformer().generate(torch.zeros(1, 2, dtype=torch.long), -1), ValueError, r"n_new", ()),
     ("reformer.ReformerLM", "generate temperature 0", lambda: _tiny_reformer().generate(torch.zeros(1, 2, dtype=torch.long), 1, temperature=0), ValueError, r"temperature", ()),
     ("reformer.reformer_train_step", "length 1", lambda: longctx_lib.reformer.reformer_train_step(1), ValueError, r"\blength\b", ()),
+    # text (chapter 4's corpus)
+    ("text.stdlib_files", "root is a file", lambda: longctx_lib.text.stdlib_files(__file__), ValueError, r"\broot\b", ()),
+    ("text.stdlib_corpus", "split test", lambda: longctx_lib.text.stdlib_corpus("test"), ValueError, r"\bsplit\b", ()),
+    ("text.stdlib_corpus", "validation 1.5", lambda: longctx_lib.text.stdlib_corpus(validation=1.5), ValueError, r"validation", ()),
+    ("text.stdlib_corpus", "max_bytes 0", lambda: longctx_lib.text.stdlib_corpus(max_bytes=0), ValueError, r"max_bytes", ()),
+    ("text.random_windows", "corpus is 2-D", lambda: longctx_lib.text.random_windows(torch.zeros(2, 5, dtype=torch.long), 1, 2), ValueError, r"corpus", ()),
+    ("text.random_windows", "batch 0", lambda: longctx_lib.text.random_windows(torch.zeros(5, dtype=torch.long), 0, 2), ValueError, r"\bbatch\b", ()),
+    ("text.random_windows", "length beyond the corpus", lambda: longctx_lib.text.random_windows(torch.zeros(5, dtype=torch.long), 1, 6), ValueError, r"\blength\b", ()),
+    ("text.encode", "bytes instead of str", lambda: longctx_lib.text.encode(b"abc"), TypeError, r"\btext\b", ()),
+    ("text.decode", "float tokens", lambda: longctx_lib.text.decode(T(3)), TypeError, r"tokens", ()),
+    # charlm (chapter 4)
+    ("charlm.bits_per_char", "not a model", lambda: longctx_lib.charlm.bits_per_char(torch.nn.Linear(2, 2), torch.zeros(9, dtype=torch.long), context=4), TypeError, r"\bmodel\b", ()),
+    ("charlm.bits_per_char", "n_windows 0", lambda: longctx_lib.charlm.bits_per_char(_tiny_reformer(), torch.zeros(9, dtype=torch.long), context=4, n_windows=0), ValueError, r"n_windows", ()),
+    ("charlm.train_char_lm", "steps 0", lambda: longctx_lib.charlm.train_char_lm(_tiny_reformer(), torch.zeros(9, dtype=torch.long), torch.zeros(9, dtype=torch.long), context=4, steps=0), ValueError, r"\bsteps\b", ()),
+    ("charlm.train_char_lm", "not a model", lambda: longctx_lib.charlm.train_char_lm("model", torch.zeros(9, dtype=torch.long), torch.zeros(9, dtype=torch.long), context=4, steps=1), TypeError, r"\bmodel\b", ()),
     # grading
     ("grading.check", "unknown suite", lambda: longctx_lib.grading.check("nope", lambda: None), ValueError, r"suite_name", ()),
     ("grading.check", "fn not callable", lambda: longctx_lib.grading.check("max_length", 3), TypeError, r"\bfn\b", ()),
