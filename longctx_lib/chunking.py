@@ -44,8 +44,7 @@ class _ChunkedApply(torch.autograd.Function):
     """``fn`` over chunks of axis 1; backward recomputes one chunk at a time."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], chunk_size: int, n_params: int,
-                *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], chunk_size: int, *params: Tensor) -> Tensor:
         spans = _spans(x.shape[1], chunk_size)
         records, outs = [], []
         for span in spans:
@@ -73,7 +72,7 @@ class _ChunkedApply(torch.autograd.Function):
             for i, g in enumerate(found):
                 if g is not None:
                     grads[i] = g if grads[i] is None else grads[i] + g
-        return (dx, None, None, None, *grads)
+        return (dx, None, None, *grads)
 
 
 def apply_chunked(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int,
@@ -104,7 +103,7 @@ def apply_chunked(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int,
     params = [p for p in params if isinstance(p, Tensor) and p.requires_grad]
     if x.shape[1] <= chunk_size:
         return fn(x)  # one chunk: nothing to save by chunking
-    return _ChunkedApply.apply(x, fn, chunk_size, len(params), *params)
+    return _ChunkedApply.apply(x, fn, chunk_size, *params)
 
 
 class ChunkedFeedForward(nn.Module):

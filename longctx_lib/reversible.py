@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -492,8 +491,12 @@ def reversible_stack_step(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    backward: bool = True,
 ) -> None:
     """One training step's forward and backward through :func:`reversible_stack`: a workload.
+
+    With ``backward=False`` only the forward pass runs, without autograd (the cost of
+    running the blocks once more, as a reversible or checkpointed backward does).
 
     It builds its own model and input, so it can run in a fresh process to measure
     peak memory (:func:`longctx_lib.measure.peak_memory`). The peak includes the
@@ -516,5 +519,7 @@ def reversible_stack_step(
     seq = reversible_stack(d_model, n_heads, d_ff, n_layers, attention=attention, mode=mode, **options)
     seq = seq.to(dev, dtype)
     x = torch.randn(batch, length, d_model, device=dev, dtype=dtype)
-    y1, y2 = seq(x)
-    (y1 + y2).square().mean().backward()
+    with torch.set_grad_enabled(backward):
+        y1, y2 = seq(x)
+        if backward:
+            (y1 + y2).square().mean().backward()

@@ -12,7 +12,6 @@ machine with the same Python version, and no file is in both.
 from __future__ import annotations
 
 import hashlib
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -96,7 +95,3 @@ def decode(tokens: Tensor) -> str:
         raise TypeError("tokens must be an int64 tensor of byte values")
     return bytes(tokens.reshape(-1).clamp(0, 255).tolist()).decode("utf-8", errors="replace")
 
-
-def python_version() -> str:
-    """The Python version whose standard library is read, e.g. ``"3.11.7"``."""
-    return sys.version.split()[0]

@@ -30,6 +30,21 @@ from nbhelpers import REPO, load_script
 __all__ = ["Course", "GradedSubmission", "answer_cells", "graded_cells", "cached_grader"]
 
 
+def printed_output(nb: nbformat.NotebookNode, cell_id: str) -> str:
+    """The stream output (print) of the cell whose id or nbgrader grade_id is ``cell_id``."""
+    cell = next(c for c in nb.cells if c.get("id") == cell_id or
+                c.metadata.get("nbgrader", {}).get("grade_id") == cell_id)
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def assert_student_matches_generated(assignment: str) -> None:
+    """notebooks/<assignment> is exactly what scripts/generate_student.py produces from solutions/."""
+    gen = load_script("generate_student")
+    assert assignment in gen.list_assignments()
+    report = gen.differences(gen.generate([assignment]), gen.committed([assignment]))
+    assert not report, "run `python scripts/generate_student.py`:\n" + "\n\n".join(report)
+
+
 def answer_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
     """The cells a student writes in (nbgrader ``solution: true``), by grade_id."""
     return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells

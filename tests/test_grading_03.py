@@ -23,8 +23,15 @@ import re
 import nbformat
 import pytest
 
-from grading_helpers import Course, answer_cells, cached_grader, graded_cells
-from nbhelpers import REPO, load_script
+from grading_helpers import (
+    Course,
+    answer_cells,
+    assert_student_matches_generated,
+    cached_grader,
+    graded_cells,
+    printed_output,
+)
+from nbhelpers import REPO
 
 # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every autograde.
 pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
@@ -129,19 +136,10 @@ def graded(course):
     return cached_grader(course, SOURCE, STUDENT, {**WRONG, "calls_library": (CALLS_LIBRARY, set())})
 
 
-def _printed(nb: nbformat.NotebookNode, grade_id: str) -> str:
-    cell = next(c for c in nb.cells if c.get("id") == grade_id or
-                c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-
-
 # ----------------------------------------------------------------------------- tests
 def test_student_notebook_matches_generated():
     """(1) notebooks/03-reversible-layers is what scripts/generate_student.py produces."""
-    gen = load_script("generate_student")
-    assert ASSIGNMENT in gen.list_assignments()
-    report = gen.differences(gen.generate([ASSIGNMENT]), gen.committed([ASSIGNMENT]))
-    assert not report, "run `python scripts/generate_student.py`:\n" + "\n\n".join(report)
+    assert_student_matches_generated(ASSIGNMENT)
 
 
 def test_source_notebook_is_well_formed():
@@ -214,9 +212,9 @@ def test_solution_earns_full_marks(graded):
     assert result.max_total == AUTOGRADED_POINTS
     assert result.total == result.max_total, f"lost points on {sorted(result.failed)}\n{result.log[-3000:]}"
     assert result.errors == {}, result.errors
-    assembled = _printed(result.autograded, "assemble")
+    assembled = printed_output(result.autograded, "assemble")
     assert "(they agree)" in assembled, assembled
-    measured = _printed(result.autograded, "measure")
+    measured = printed_output(result.autograded, "measure")
     assert "256 tokens" in measured and "peak memory: skipped while grading" in measured, measured
 
 
@@ -226,7 +224,7 @@ def test_untouched_student_notebook_earns_zero(graded):
     assert result.max_total == AUTOGRADED_POINTS
     assert result.total == 0, {k: v for k, v in result.scores.items() if v}
     # The assembly cell says what is missing instead of failing; the measurements need no exercise.
-    assert "finish exercises 1-4" in _printed(result.autograded, "assemble")
+    assert "finish exercises 1-4" in printed_output(result.autograded, "assemble")
     assert "measure" not in result.errors
 
 
