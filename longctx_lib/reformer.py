@@ -35,7 +35,15 @@ from torch import Tensor, nn
 from .chunking import ChunkedFeedForward, chunked_cross_entropy
 from .reversible import MODES, NormAttention, NormFeedForward, ReversibleBlock, ReversibleSequence
 
-__all__ = ["ReformerConfig", "AxialPositionEmbedding", "ReformerLM", "axial_shape_for", "reformer_train_step"]
+__all__ = [
+    "ReformerConfig",
+    "AxialPositionEmbedding",
+    "ReformerLM",
+    "axial_shape_for",
+    "reformer_train_step",
+    "ABLATION_STAGES",
+    "ablation_config",
+]
 
 
 def axial_shape_for(max_length: int) -> tuple[int, int]:
@@ -271,3 +279,30 @@ def reformer_train_step(
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.item()
+
+
+ABLATION_STAGES: tuple[str, ...] = ("plain", "+LSH", "+reversible", "+chunking")
+"""The paper's Table 3 as cumulative steps: each stage adds one technique to the one before."""
+
+
+def ablation_config(stage: str, **overrides) -> ReformerConfig:
+    """The :class:`ReformerConfig` of one stage of the ablation (:data:`ABLATION_STAGES`).
+
+    ``"plain"``: full attention, an ordinary residual stack, no chunking; ``"+LSH"``: LSH
+    attention instead; ``"+reversible"``: the reversible stack; ``"+chunking"``: the
+    feed-forward layers and the loss chunked. ``overrides`` set the sizes shared by every
+    stage (``d_model``, ``n_layers``, ``max_length``, ``ff_chunk_size`` ...); the stage's own
+    switches win over them.
+    """
+    if stage not in ABLATION_STAGES:
+        raise ValueError(f"stage must be one of {ABLATION_STAGES}; got {stage!r}")
+    base = ReformerConfig(**overrides)
+    level = ABLATION_STAGES.index(stage)
+    switches = {
+        "attention": base.attention if level >= 1 and base.attention != "full" else ("lsh" if level >= 1 else "full"),
+        "mode": "reversible" if level >= 2 else "ordinary",
+        "ff_chunk_size": base.ff_chunk_size if level >= 3 else None,
+        "loss_chunk_size": base.loss_chunk_size if level >= 3 else None,
+    }
+    return ReformerConfig(**{**asdict(base), **switches})
+

@@ -330,6 +330,8 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("reformer.ReformerLM", "generate n_new -1", lambda: _tiny_reformer().generate(torch.zeros(1, 2, dtype=torch.long), -1), ValueError, r"n_new", ()),
     ("reformer.ReformerLM", "generate temperature 0", lambda: _tiny_reformer().generate(torch.zeros(1, 2, dtype=torch.long), 1, temperature=0), ValueError, r"temperature", ()),
     ("reformer.reformer_train_step", "length 1", lambda: longctx_lib.reformer.reformer_train_step(1), ValueError, r"\blength\b", ()),
+    ("reformer.ablation_config", "unknown stage", lambda: longctx_lib.reformer.ablation_config("+hashing"), ValueError, r"\bstage\b", ()),
+    ("reformer.ablation_config", "d_model 0", lambda: longctx_lib.reformer.ablation_config("plain", d_model=0), ValueError, r"d_model", ()),
     # text (chapter 4's corpus)
     ("text.stdlib_files", "root is a file", lambda: longctx_lib.text.stdlib_files(__file__), ValueError, r"\broot\b", ()),
     ("text.stdlib_corpus", "split test", lambda: longctx_lib.text.stdlib_corpus("test"), ValueError, r"\bsplit\b", ()),
