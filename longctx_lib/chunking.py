@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .reversible import _Record
 
-__all__ = ["apply_chunked", "ChunkedFeedForward", "chunked_cross_entropy"]
+__all__ = ["apply_chunked", "apply_summed", "ChunkedFeedForward", "chunked_cross_entropy"]
 
 
 def _check_chunk_size(chunk_size: object) -> int:
@@ -69,10 +69,23 @@ class _ChunkedApply(torch.autograd.Function):
             if dx is not None:
                 dx[:, span] = found[0]
                 found = found[1:]
-            for i, g in enumerate(found):
-                if g is not None:
-                    grads[i] = g if grads[i] is None else grads[i] + g
+            _accumulate(grads, found, grad_out)
         return (dx, None, None, *grads)
+
+
+def _accumulate(grads: list[Tensor | None], found: Sequence[Tensor | None], grad_out: Tensor) -> None:
+    """Add each gradient in ``found`` into its slot of ``grads``, in place.
+
+    A slot's first gradient becomes its accumulator, unless it is (a view of)
+    ``grad_out``, which autograd hands back for a part that returns its input unchanged.
+    """
+    for i, g in enumerate(found):
+        if g is None:
+            continue
+        if grads[i] is not None:
+            grads[i].add_(g)
+        else:
+            grads[i] = g.clone() if g.untyped_storage().data_ptr() == grad_out.untyped_storage().data_ptr() else g
 
 
 def apply_chunked(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int,
@@ -104,6 +117,67 @@ def apply_chunked(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int,
     if x.shape[1] <= chunk_size:
         return fn(x)  # one chunk: nothing to save by chunking
     return _ChunkedApply.apply(x, fn, chunk_size, *params)
+
+
+class _SummedApply(torch.autograd.Function):
+    """``sum_i fn(x, i)``; backward recomputes one part at a time."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor, int], Tensor], n_parts: int, *params: Tensor) -> Tensor:
+        records, total = [], None
+        for i in range(n_parts):
+            records.append(_Record.capture(x))
+            part = fn(x, i)  # autograd is off inside forward: nothing is kept
+            total = part.clone() if total is None else total.add_(part)
+        ctx.fn, ctx.records = fn, records
+        ctx.save_for_backward(x, *params)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, *params = ctx.saved_tensors
+        want_x = ctx.needs_input_grad[0]
+        grads: list[Tensor | None] = [None] * (len(params) + 1)
+        for i, record in enumerate(ctx.records):
+            with torch.enable_grad(), record.replay():
+                xi = x.detach().requires_grad_(want_x)
+                out = ctx.fn(xi, i)  # this part's intermediates, freed after the next line
+                wanted = ([xi] if want_x else []) + list(params)
+                found = torch.autograd.grad(out, wanted, grad_out, allow_unused=True)
+            _accumulate(grads, found if want_x else (None, *found), grad_out)
+        return (grads[0], None, None, *grads[1:])
+
+
+def apply_summed(fn: Callable[[Tensor, int], Tensor], x: Tensor, n_parts: int, *,
+                 params: Sequence[Tensor] | None = None) -> Tensor:
+    """``fn(x, 0) + ... + fn(x, n_parts - 1)``, with one part's intermediates alive at a time.
+
+    Chunking along another axis than the sequence: multi-head attention is the sum over
+    heads of each head's output times its slice of the output projection, so the heads
+    can run one after another. Autograd would keep every head's intermediates (queries,
+    keys, values, outputs) for backward; here only ``x`` is kept and the backward pass
+    recomputes one part at a time, replaying each part's random state.
+
+    Args:
+        fn: ``fn(x, i)`` -> a tensor of one shape for every ``i``.
+        x: the input, any shape.
+        n_parts: how many parts to sum.
+        params: the tensors ``fn`` uses that need gradients (those of ``fn`` when it is
+            an ``nn.Module``, else none).
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(x, i); got {type(fn).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor; got {type(x).__name__}")
+    if not isinstance(n_parts, int) or isinstance(n_parts, bool) or n_parts < 1:
+        raise ValueError(f"n_parts must be a positive integer (how many parts to sum); got {n_parts!r}")
+    if params is None:
+        params = list(fn.parameters()) if isinstance(fn, nn.Module) else []
+    params = [p for p in params if isinstance(p, Tensor) and p.requires_grad]
+    if n_parts == 1:
+        return fn(x, 0)
+    return _SummedApply.apply(x, fn, n_parts, *params)
 
 
 class ChunkedFeedForward(nn.Module):

@@ -538,27 +538,27 @@ def _tiles(plan: _Plan, r: int, tile: int) -> Iterator[tuple[slice, Tensor, Tens
         yield part, qrows[part], krows[part], [(a[part], b[part], c[part]) for a, b, c in earlier]
 
 
-def _tile_inputs(plan: _Plan, entries: Tensor, part: slice, d: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def _tile_inputs(plan: _Plan, rows: Tensor, qrows: Tensor, krows: Tensor,
+                 d: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Queries ``(T, m, d)`` of a tile, and its keys and values as window halves: the
     chunk's own ``(T, m, d)``, then the previous chunk's (none when a round is one chunk).
 
-    ``entries`` ``(N * C, m, 2d + dv)`` are one round's rows in sorted order: the own half
-    is a view, the look-back half a copy of the previous chunks (whole chunks, contiguous);
-    the logits are built from two products, never from concatenated keys.
+    ``rows`` ``(N * Lp, 2d + dv)`` are in the original order; the tile's rows are gathered
+    here (``qrows`` ``(T, m)``, ``krows`` ``(T, w)``), so that no buffer is larger than a
+    tile's. The logits are built from two products, never from concatenated keys.
     """
-    halves = [entries[part]]  # (T, m, 2d + dv)
+    t, m = qrows.shape
+    halves = [rows.index_select(0, qrows.reshape(-1)).view(t, m, -1)]  # (T, m, 2d + dv)
     if plan.prev is not None:  # the look-back: the chunk before each chunk
-        halves.append(entries.index_select(0, plan.prev[part]))
+        halves.append(rows.index_select(0, krows[:, m:].reshape(-1)).view(t, m, -1))
     return halves[0][..., :d], [x[..., d : 2 * d] for x in halves], [x[..., 2 * d :] for x in halves]
 
 
-def _tiled_round(plan: _Plan, r: int, rows: Tensor, d: int, tile: int, entries: Tensor, out: Tensor,
-                 lse: Tensor) -> None:
+def _tiled_round(plan: _Plan, r: int, rows: Tensor, d: int, tile: int, out: Tensor, lse: Tensor) -> None:
     """Round ``r`` tile by tile, in sorted order: writes the output ``out`` ``(N * C, m, dv)``
-    and the log-sum-exp ``lse`` ``(N * C, m, 1)``; ``entries`` ``(N * C, m, 2d + dv)`` is scratch."""
-    torch.index_select(rows, 0, plan.qrows[r].reshape(-1), out=entries.view(-1, rows.shape[-1]))  # sorted
+    and the log-sum-exp ``lse`` ``(N * C, m, 1)``."""
     for part, qrows, krows, earlier in _tiles(plan, r, tile):
-        sq, keys, values = _tile_inputs(plan, entries, part, d)
+        sq, keys, values = _tile_inputs(plan, rows, qrows, krows, d)
         logits = _tile_logits(plan, qrows, krows, earlier, sq, keys)
         top = logits.amax(dim=-1, keepdim=True)  # (T, m, 1); finite: the self logit
         weights = logits.sub_(top).exp_()  # in place: (T, m, w) in (0, 1]
@@ -579,11 +579,10 @@ def _tiled_forward(plan: _Plan, rows: Tensor, d: int, tile: int) -> tuple[Tensor
     """
     n_chunks, m = plan.qrows[0].shape
     dv = rows.shape[-1] - 2 * d
-    entries = rows.new_empty(n_chunks, m, rows.shape[-1])
     out_s, lse_s = rows.new_empty(n_chunks, m, dv), rows.new_empty(n_chunks, m, 1)  # sorted order
     acc = weight = top = out_r = lse_r = None
     for r in range(len(plan.qrows)):
-        _tiled_round(plan, r, rows, d, tile, entries, out_s, lse_s)
+        _tiled_round(plan, r, rows, d, tile, out_s, lse_s)
         undo = plan.undo[r]
         if acc is None:  # round 0: the running result, by row
             acc, top = out_s.view(-1, dv).index_select(0, undo), lse_s.view(-1).index_select(0, undo)
@@ -598,66 +597,41 @@ def _tiled_forward(plan: _Plan, rows: Tensor, d: int, tile: int) -> tuple[Tensor
     return acc.div_(weight[:, None]), weight.log_().add_(top)
 
 
-def _fold_look_back(plan: _Plan, grad: Tensor) -> Tensor:
-    """Key gradients by window half ``(halves, N * C, m, d)`` -> by sorted entry ``(N * C * m, d)``.
-
-    Half 1 (the look-back) of chunk ``c`` holds chunk ``c - 1``'s keys (the last chunk's
-    for ``c = 0``), so it moves one chunk back and is added to half 0, in place.
-    """
-    d, m = grad.shape[-1], grad.shape[2]
-    out = grad[0].view(-1, plan.lp // m, m, d)  # (N, C, m, d)
-    if plan.prev is not None:
-        prev = grad[1].view(out.shape)
-        out[:, :-1] += prev[:, 1:]
-        out[:, -1] += prev[:, 0]
-    return out.view(-1, d)
-
-
 def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor, grad_out: Tensor,
                     tile: int) -> Tensor:
     """Gradient of the combined output for ``rows`` ``(N * Lp, 2d + dv)``, recomputing each tile.
 
     With ``P = exp(logits - lse)`` (one softmax over every round's window):
     ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dO * O))``, ``dQ = dS K``,
-    ``dK = dS^T Q``. The self logit is a constant: its ``dS`` is zero. Each round writes
-    its gradients in sorted order, tile after tile, and un-sorts them once. Buffers are
-    reused by every round, as in :func:`_tiled_forward`.
+    ``dK = dS^T Q``. The self logit is a constant: its ``dS`` is zero. Each tile adds its
+    gradients straight into the rows they belong to (its own chunks' rows, and for the
+    look-back half the previous chunks' rows), so no buffer is larger than a tile's.
     """
-    n_chunks, m = plan.qrows[0].shape
-    halves = 1 if plan.prev is None else 2
     dv_size = grad_out.shape[-1]
     delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (N * Lp, 1) rowsum(dO * O)
-    # per row: [dO | lse | delta], gathered together with the rows in each round
+    # per row: [dO | lse | delta], gathered together for each tile
     extra = torch.cat([grad_out, lse[:, None], delta], dim=-1)
-    entries = rows.new_empty(n_chunks, m, rows.shape[-1])  # sorted rows of a round
-    extra_r = extra.new_empty(n_chunks, m, extra.shape[-1])
-    dq_r = rows.new_empty(n_chunks, m, d)  # sorted order
-    dk_r = rows.new_empty(halves, n_chunks, m, d)  # by window half
-    dv_r = rows.new_empty(halves, n_chunks, m, dv_size)
     grad = torch.zeros_like(rows)
+    dq_part, dk_part, dv_part = grad[:, :d], grad[:, d : 2 * d], grad[:, 2 * d :]
     for r in range(len(plan.qrows)):
-        qall = plan.qrows[r].reshape(-1)
-        torch.index_select(rows, 0, qall, out=entries.view(-1, rows.shape[-1]))
-        torch.index_select(extra, 0, qall, out=extra_r.view(-1, extra.shape[-1]))
         for part, qrows, krows, earlier in _tiles(plan, r, tile):
-            sq, keys, values = _tile_inputs(plan, entries, part, d)
-            ex = extra_r[part]
+            sq, keys, values = _tile_inputs(plan, rows, qrows, krows, d)
+            t, m = qrows.shape
+            ex = extra.index_select(0, qrows.reshape(-1)).view(t, m, -1)
             do, lse_t, delta_t = ex[..., :dv_size], ex[..., dv_size:dv_size + 1], ex[..., dv_size + 1:]
             p = _tile_logits(plan, qrows, krows, earlier, sq, keys).sub_(lse_t).exp_()  # (T, m, w)
             dp = torch.cat([torch.bmm(do, v.transpose(1, 2)) for v in values], dim=2)  # (T, m, w)
             ds = dp.sub_(delta_t).mul_(p)
             ds[:, :, :m].diagonal(dim1=1, dim2=2).zero_()
-            dq = torch.bmm(ds[:, :, :m], keys[0], out=dq_r[part])
-            for half in range(halves):
-                cols = slice(half * m, (half + 1) * m)
-                torch.bmm(p[:, :, cols].transpose(1, 2), do, out=dv_r[half, part])
-                torch.bmm(ds[:, :, cols].transpose(1, 2), sq, out=dk_r[half, part])
-            if halves == 2:
+            dq = torch.bmm(ds[:, :, :m], keys[0])  # (T, m, d)
+            if len(keys) == 2:
                 dq.baddbmm_(ds[:, :, m:], keys[1])
-        # un-sort: sorted entry j belongs to row qall[j] (each row once per round)
-        grad[:, :d].index_add_(0, qall, dq_r.view(-1, d))
-        grad[:, d : 2 * d].index_add_(0, qall, _fold_look_back(plan, dk_r))
-        grad[:, 2 * d :].index_add_(0, qall, _fold_look_back(plan, dv_r))
+            dq_part.index_add_(0, qrows.reshape(-1), dq.view(-1, d))
+            for half in range(len(keys)):  # half 1's keys are the previous chunk's rows
+                cols = slice(half * m, (half + 1) * m)
+                targets = krows[:, cols].reshape(-1)
+                dk_part.index_add_(0, targets, torch.bmm(ds[:, :, cols].transpose(1, 2), sq).view(-1, d))
+                dv_part.index_add_(0, targets, torch.bmm(p[:, :, cols].transpose(1, 2), do).view(-1, dv_size))
     return grad
 
 

@@ -143,13 +143,13 @@ def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> Non
         _release_free_memory()
         exact = _reset_peak_rss()
         before = _proc_kib("VmRSS") if exact else 0
-        fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
         if exact:
             peak = _proc_kib("VmHWM")
         else:  # ru_maxrss: KiB on Linux, bytes on macOS; includes the interpreter itself
             scale = 1 if sys.platform == "darwin" else 1024
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale // 1024
-        queue.put(("ok", (peak - before) * 1024))
+        queue.put(("ok", ((peak - before) * 1024, value)))
     except BaseException:  # report any failure to the parent, with its traceback
         queue.put(("error", traceback.format_exc()))
 
@@ -160,8 +160,9 @@ def peak_memory(
     device: str | torch.device = "cpu",
     warmup: bool = True,
     timeout: float | None = None,
+    return_value: bool = False,
     **kwargs: Any,
-) -> int:
+) -> int | tuple[int, Any]:
     """Peak bytes allocated while ``fn(*args, **kwargs)`` runs, above what was in use before.
 
     ``device`` says where to measure; it is this function's own argument and is not
@@ -180,6 +181,9 @@ def peak_memory(
     costs (thread pools, the autograd engine, lazily allocated buffers) are not
     counted; freed memory is handed back to the OS before measuring.
 
+    With ``return_value=True`` the result is ``(peak, value)``, ``value`` being what the
+    measured call of ``fn`` returned (on the CPU it must be picklable).
+
     On the CPU the parent never waits forever: if the child dies (for example killed
     by the operating system for want of memory) a ``RuntimeError`` gives its exit code,
     and after ``timeout`` seconds (``None``: no limit) a ``TimeoutError`` is raised.
@@ -193,9 +197,10 @@ def peak_memory(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
-        fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
         synchronize(dev)
-        return int(torch.cuda.max_memory_allocated(dev) - base)
+        peak = int(torch.cuda.max_memory_allocated(dev) - base)
+        return (peak, value) if return_value else peak
     if dev.type != "cpu":
         raise ValueError(
             f"peak_memory supports device='cpu' or 'cuda'; got {dev.type!r}. "
@@ -216,7 +221,8 @@ def peak_memory(
         proc.join()
     if status != "ok":
         raise RuntimeError(f"the measured function failed in the child process:\n{value}")
-    return int(value)
+    peak, result = int(value[0]), value[1]
+    return (peak, result) if return_value else peak
 
 
 def _name_of(fn: Callable[..., Any]) -> str:

@@ -62,7 +62,9 @@ class ReformerConfig:
     (``("local", "lsh")``: local attention in even layers, LSH in odd ones).
     ``chunk_size`` is the attention chunk (LSH and local); ``ff_chunk_size`` and
     ``loss_chunk_size`` the positions per chunk of the feed-forward layers and of the
-    loss (``None``: unchunked). ``mode`` is the stack's mode (chapter 3).
+    loss (``None``: unchunked); ``one_head_at_a_time`` chunks LSH and local attention
+    along the heads (:class:`~longctx_lib.reversible.NormAttention`; full-attention
+    layers always run every head at once). ``mode`` is the stack's mode (chapter 3).
     """
 
     vocab_size: int = 256
@@ -78,6 +80,7 @@ class ReformerConfig:
     axial_shape: tuple[int, int] | None = None
     ff_chunk_size: int | None = 4096
     loss_chunk_size: int | None = 4096
+    one_head_at_a_time: bool = True
     dropout: float = 0.0
     mode: str = "reversible"
 
@@ -97,6 +100,8 @@ class ReformerConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+        if not isinstance(self.one_head_at_a_time, bool):
+            raise TypeError(f"one_head_at_a_time must be True or False; got {self.one_head_at_a_time!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
         if self.axial_shape is None:
@@ -164,13 +169,15 @@ class ReformerLM(nn.Module):
         self.positions = AxialPositionEmbedding(c.d_model, c.axial_shape)
         blocks = []
         for kind in c.kinds():
-            options = {} if kind == "full" else {"chunk_size": c.chunk_size}
+            options = {} if kind == "full" else {"chunk_size": c.chunk_size,
+                                                  "one_head_at_a_time": c.one_head_at_a_time}
             if kind == "lsh":
                 options.update(n_hashes=c.n_hashes, n_buckets=c.n_buckets)
             f = NormAttention(c.d_model, c.n_heads, attention=kind, causal=True, dropout=c.dropout, **options)
             g = ChunkedFeedForward(NormFeedForward(c.d_model, c.d_ff, dropout=c.dropout), chunk_size=c.ff_chunk_size)
             blocks.append(ReversibleBlock(f, g))
         self.stack = ReversibleSequence(blocks, mode=c.mode)
+        self.stack.private_outputs = True  # y1, y2 only feed the final norm (see forward)
         self.norm = nn.LayerNorm(2 * c.d_model)
         self.out = nn.Linear(2 * c.d_model, c.vocab_size)
 
@@ -258,13 +265,18 @@ def reformer_train_step(
     device: str = "cpu",
     seed: int = 0,
     lr: float = 1e-3,
-) -> float:
+) -> dict[str, float]:
     """One full training step (forward, backward, Adam update) on random tokens: a workload.
 
     Builds its own model and input, so it can run in a fresh process to measure peak
-    memory (:func:`longctx_lib.measure.peak_memory`). Returns the loss.
+    memory (:func:`longctx_lib.measure.peak_memory`, ``return_value=True`` for the
+    result). ``length`` tokens go in; the model predicts the last ``length - 1``.
+    Returns ``{"loss": nats, "seconds": the step's wall time}`` (building the model
+    not included).
     """
-    from .device import resolve_device
+    import time
+
+    from .device import resolve_device, synchronize
 
     if not isinstance(length, int) or isinstance(length, bool) or length < 2:
         raise ValueError(f"length must be an integer >= 2; got {length!r}")
@@ -274,11 +286,14 @@ def reformer_train_step(
     model = ReformerLM(config).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     tokens = torch.randint(0, config.vocab_size, (batch, length), device=dev)
+    synchronize(dev)
+    start = time.perf_counter()
     loss = model.loss(tokens)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss.item()
+    value = loss.item()  # waits for the device
+    return {"loss": value, "seconds": time.perf_counter() - start}
 
 
 ABLATION_STAGES: tuple[str, ...] = ("plain", "+LSH", "+reversible", "+chunking")
@@ -290,7 +305,8 @@ def ablation_config(stage: str, **overrides) -> ReformerConfig:
 
     ``"plain"``: full attention, an ordinary residual stack, no chunking; ``"+LSH"``: LSH
     attention instead; ``"+reversible"``: the reversible stack; ``"+chunking"``: the
-    feed-forward layers and the loss chunked. ``overrides`` set the sizes shared by every
+    feed-forward layers and the loss chunked along the sequence, attention along the
+    heads. ``overrides`` set the sizes shared by every
     stage (``d_model``, ``n_layers``, ``max_length``, ``ff_chunk_size`` ...); the stage's own
     switches win over them.
     """
@@ -303,6 +319,7 @@ def ablation_config(stage: str, **overrides) -> ReformerConfig:
         "mode": "reversible" if level >= 2 else "ordinary",
         "ff_chunk_size": base.ff_chunk_size if level >= 3 else None,
         "loss_chunk_size": base.loss_chunk_size if level >= 3 else None,
+        "one_head_at_a_time": base.one_head_at_a_time if level >= 3 else False,
     }
     return ReformerConfig(**{**asdict(base), **switches})
 

@@ -44,11 +44,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention
-from .lsh import LSHSelfAttention, default_n_buckets, random_rotations
+from .lsh import LSHSelfAttention, default_n_buckets, lsh_attention, random_rotations
 from .transformer import FeedForward, _check_x, _dropout
 
 __all__ = [
@@ -250,30 +251,45 @@ class _ReversibleFunction(torch.autograd.Function):
         params = [p for p in ctx.seq.parameters() if p.requires_grad]
         index = {id(p): i for i, p in enumerate(params)}
         grads: list[Tensor | None] = [None] * len(params)
-        for block, (rec_f, rec_g) in zip(reversed(ctx.seq.blocks), reversed(ctx.records)):
-            y1, y2, dy1, dy2 = _block_backward(block, rec_f, rec_g, y1, y2, dy1, dy2, index, grads)
+        private = ctx.seq.private_outputs
+        if private:  # gradients broadcast from a scalar (stride 0) cannot be written in place
+            dy1, dy2 = (g.clone() if 0 in g.stride() else g for g in (dy1, dy2))
+        for depth, (block, (rec_f, rec_g)) in enumerate(zip(reversed(ctx.seq.blocks), reversed(ctx.records))):
+            # the top block reads the stack's outputs and autograd's gradients: overwritten
+            # in place only when the owner of the stack says that nobody else reads them
+            y1, y2, dy1, dy2 = _block_backward(block, rec_f, rec_g, y1, y2, dy1, dy2, index, grads,
+                                               own=private or depth > 0)
         return (dy1, dy2, None, *grads)
 
 
 def _block_backward(block: ReversibleBlock, rec_f: _Record, rec_g: _Record, y1: Tensor, y2: Tensor,
                     dy1: Tensor, dy2: Tensor, index: dict[int, int],
-                    grads: list[Tensor | None]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    grads: list[Tensor | None], *, own: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One block of the reversible backward pass: returns ``(x1, x2, dx1, dx2)``.
 
     ``grads`` (one slot per parameter of the stack, located by ``index``) accumulates
-    the gradients of ``f``'s and ``g``'s parameters.
+    the gradients of ``f``'s and ``g``'s parameters. With ``own=True`` the four input
+    tensors belong to the backward pass (a lower block's), and the results are written
+    into them in place: the stack's activations and gradients then take four tensors'
+    worth of memory at every depth.
     """
     with torch.enable_grad():
         y1 = y1.detach().requires_grad_(True)
         with rec_g.replay():
             gy = block.g(y1)  # g(y1), recomputed with the forward pass's random state
-        dy1 = dy1 + _grads(gy, dy2, y1, block.g, index, grads)  # y1 fed g as well as the output
-        x2 = (y2 - gy).detach().requires_grad_(True)  # reconstruct x2
-        del gy  # free memory as early as possible: the peak is inside f's backward below
+        d = _grads(gy, dy2, y1, block.g, index, grads)
+        dy1 = dy1.add_(d) if own else dy1 + d  # y1 fed g as well as the output
+        with torch.no_grad():
+            x2 = y2.sub_(gy) if own else y2 - gy  # reconstruct x2
+        del gy, d  # free memory as early as possible: the peak is inside f's backward below
+        x2 = x2.detach().requires_grad_(True)
         with rec_f.replay():
             fx = block.f(x2)
-        dx2 = dy2 + _grads(fx, dy1, x2, block.f, index, grads)
-    x1 = y1.detach() - fx.detach()  # reconstruct x1
+        d = _grads(fx, dy1, x2, block.f, index, grads)
+        dx2 = dy2.add_(d) if own else dy2 + d
+        del d
+    y1 = y1.detach()
+    x1 = y1.sub_(fx.detach()) if own else y1 - fx.detach()  # reconstruct x1
     return x1, x2.detach(), dy1, dx2
 
 
@@ -285,7 +301,7 @@ def _grads(out: Tensor, grad_out: Tensor, x: Tensor, module: nn.Module, index: d
     for p, g in zip(own, found[1:]):
         if g is not None:
             i = index[id(p)]
-            grads[i] = g if grads[i] is None else grads[i] + g
+            grads[i] = g if grads[i] is None else grads[i].add_(g)
     return found[0] if found[0] is not None else torch.zeros_like(x)
 
 
@@ -297,6 +313,11 @@ class ReversibleSequence(nn.Module):
     same blocks as a plain residual stack (autograd keeps everything).
     ``"checkpoint"``: each block wrapped in :func:`torch.utils.checkpoint.checkpoint`
     (its inputs kept, the block recomputed). All three compute the same function.
+
+    ``private_outputs = True`` promises that nothing but the caller's own next layer
+    reads the stack's outputs and the gradients that arrive for them: the reversible
+    backward pass then reuses their memory for the reconstructed inputs and gradients
+    (:class:`~longctx_lib.reformer.ReformerLM` sets it; its stack's outputs never leave it).
     """
 
     def __init__(self, blocks: Sequence[ReversibleBlock], *, mode: str = "reversible") -> None:
@@ -306,6 +327,7 @@ class ReversibleSequence(nn.Module):
             raise TypeError("blocks must be a non-empty sequence of ReversibleBlock")
         self.blocks = nn.ModuleList(blocks)
         self.mode = mode
+        self.private_outputs = False
         self.last_record_bytes = 0
 
     @property
@@ -355,17 +377,27 @@ class NormAttention(nn.Module):
     before it, with the same shared-QK layer as LSH and every position in one bucket;
     the Reformer interleaves such layers with LSH layers).
     ``lsh_options`` go to ``LSHSelfAttention`` (``n_hashes``, ``chunk_size``, ...).
+
+    ``one_head_at_a_time=True`` (LSH and local attention only) runs the heads one after
+    another with :func:`~longctx_lib.chunking.apply_summed`: one head's queries, keys,
+    values and attention buffers exist at a time, in the forward and in the backward
+    pass (chunking along the head axis, chapter 4). Same function, same parameters.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, attention: str = "lsh", causal: bool = True,
-                 dropout: float = 0.0, **lsh_options: Any) -> None:
+                 dropout: float = 0.0, one_head_at_a_time: bool = False, **lsh_options: Any) -> None:
         super().__init__()
         if attention not in ("lsh", "full", "local"):
             raise ValueError(f'attention must be "lsh", "full" or "local"; got {attention!r}')
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be True or False; got {causal!r}")
+        if not isinstance(one_head_at_a_time, bool):
+            raise TypeError(f"one_head_at_a_time must be True or False; got {one_head_at_a_time!r}")
         if attention == "full" and lsh_options:
             raise ValueError(f"{sorted(lsh_options)} apply only to attention='lsh' or 'local'")
+        if attention == "full" and one_head_at_a_time:
+            raise ValueError("one_head_at_a_time applies only to attention='lsh' or 'local' "
+                             "(full attention's fused kernel runs every head at once)")
         if attention == "local":
             if not causal:
                 raise ValueError("attention='local' needs causal=True (a chunk's look-back wraps around "
@@ -378,7 +410,7 @@ class NormAttention(nn.Module):
             self.attn: nn.Module = LSHSelfAttention(d_model, n_heads, **lsh_options)
         else:
             self.attn = MultiHeadAttention(d_model, n_heads, impl="sdpa")
-        self.kind, self.causal = attention, causal
+        self.kind, self.causal, self.one_head_at_a_time = attention, causal, one_head_at_a_time
         self.drop = _dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -386,22 +418,55 @@ class NormAttention(nn.Module):
         h = self.norm(x)
         if self.kind == "full":
             return self.drop(self.attn(h, causal=self.causal))
+        attn = self.attn
         if self.kind == "local":  # one bucket: the sorted order is the original order
-            zeros = torch.zeros(h.shape[0], self.attn.n_heads, 1, h.shape[1], dtype=torch.long, device=h.device)
-            return self.drop(self.attn(h, causal=True, buckets=zeros))
+            zeros = torch.zeros(h.shape[0], attn.n_heads, 1, h.shape[1], dtype=torch.long, device=h.device)
+            return self.drop(self._attend(h, buckets=zeros)[0])
         # Draw the rotations even when replaying, so that the random stream (and with it
         # the dropout mask below) is the same as in the forward pass.
-        attn = self.attn
-        n_buckets = attn.n_buckets if attn.n_buckets is not None else default_n_buckets(h.shape[1], attn.chunk_size)
         work = torch.float64 if h.dtype == torch.float64 else torch.float32
-        rotations = random_rotations(attn.d_model // attn.n_heads, n_buckets, attn.n_hashes, device=h.device,
-                                     dtype=work)
+        rotations = random_rotations(attn.d_model // attn.n_heads, self._n_buckets(h), attn.n_hashes,
+                                     device=h.device, dtype=work)
         buckets = replayed("buckets")
         if buckets is not None:  # a reversible backward pass: the forward pass's buckets
-            return self.drop(attn(h, causal=self.causal, buckets=buckets))
-        y, buckets = attn(h, causal=self.causal, rotations=rotations, return_buckets=True)
+            return self.drop(self._attend(h, buckets=buckets)[0])
+        y, buckets = self._attend(h, rotations=rotations)
         remember("buckets", buckets)
         return self.drop(y)
+
+    def _n_buckets(self, h: Tensor) -> Any:
+        attn = self.attn
+        return attn.n_buckets if attn.n_buckets is not None else default_n_buckets(h.shape[1], attn.chunk_size)
+
+    def _attend(self, h: Tensor, *, rotations: Tensor | None = None,
+                buckets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """LSH (or local) attention of the normalised input ``h``: output and buckets ``(B, H, R, L)``."""
+        if not self.one_head_at_a_time:
+            return self.attn(h, causal=self.causal, rotations=rotations, buckets=buckets, return_buckets=True)
+        from .chunking import apply_summed  # chunking builds on this module
+
+        attn = self.attn
+        width = attn.d_model // attn.n_heads
+        found = list(buckets.unbind(1)) if buckets is not None else [None] * attn.n_heads  # each (B, R, L)
+
+        def head(x: Tensor, i: int) -> Tensor:  # head i's share of the output, (B, L, d_model)
+            rows = slice(i * width, (i + 1) * width)
+            # one product for the head's queries/keys and values: one (B, L, d_model) input gradient
+            weight = torch.cat([attn.qk.weight[rows], attn.v.weight[rows]])  # (2 width, d_model)
+            bias = None if attn.qk.bias is None else torch.cat([attn.qk.bias[rows], attn.v.bias[rows]])
+            qk, v = F.linear(x, weight, bias)[:, None].split(width, dim=-1)  # (B, 1, L, width) each
+            known = found[i]
+            y, bk = lsh_attention(qk, v, n_buckets=self._n_buckets(x), n_hashes=attn.n_hashes,
+                                  chunk_size=attn.chunk_size, causal=self.causal,
+                                  rotations=rotations if known is None else None,
+                                  buckets=None if known is None else known[:, None],
+                                  count_duplicates=attn.count_duplicates, return_buckets=True)
+            found[i] = bk[:, 0]
+            bias = attn.out.bias if i == 0 else None  # the output bias once
+            return F.linear(y[:, 0], attn.out.weight[:, rows], bias)
+
+        y = apply_summed(head, h, attn.n_heads, params=list(attn.parameters()))
+        return y, torch.stack(found, dim=1)
 
 
 class NormFeedForward(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longctx_lib.chunking import ChunkedFeedForward, apply_chunked, chunked_cross_entropy
+from longctx_lib.chunking import ChunkedFeedForward, apply_chunked, apply_summed, chunked_cross_entropy
 from longctx_lib.measure import saved_tensor_bytes
 from longctx_lib.reversible import NormAttention, ReversibleBlock, ReversibleSequence
 from longctx_lib.transformer import FeedForward
@@ -108,3 +108,45 @@ def test_chunked_cross_entropy_never_builds_the_logits():
     t = torch.randint(0, 1000, (1, 4096))
     saved = saved_tensor_bytes(lambda: chunked_cross_entropy(h, w, t, chunk_size=256))
     assert saved < 4096 * 1000 * 4 / 20  # the full logits would be 16 MB; we keep targets and lse
+
+
+# --------------------------------------------------------------------------- summing over parts (heads)
+def _parts(dropout: float):
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([FeedForward(8, 16, dropout=dropout) for _ in range(3)]).double()
+    return layers, (lambda x, i: layers[i](x))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_apply_summed_equals_the_sum(dropout):
+    """Values and gradients of ``sum_i fn(x, i)``; with dropout, each part's mask is replayed."""
+    layers, fn = _parts(dropout)
+    x = torch.randn(2, 9, 8, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    y = apply_summed(fn, x, 3, params=list(layers.parameters()))
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *layers.parameters()], gy)
+    torch.manual_seed(5)  # the parts draw their masks in the same order
+    ref = sum(fn(x, i) for i in range(3))
+    want = torch.autograd.grad(ref, [x, *layers.parameters()], gy)
+    assert (y - ref).abs().max() < 1e-12
+    assert max_diff(got, want) < 1e-12
+
+
+def test_apply_summed_saves_only_its_input():
+    layers, fn = _parts(0.0)
+    x = torch.randn(1, 64, 8, dtype=torch.float64, requires_grad=True)
+    assert saved_tensor_bytes(lambda: sum(fn(x, i) for i in range(3)).sum()) > 0
+    assert saved_tensor_bytes(lambda: apply_summed(fn, x, 3, params=list(layers.parameters())).sum()) == 0
+
+
+def test_apply_summed_part_returning_its_input():
+    """A part that returns ``x`` gets ``grad_out`` itself back from autograd: it must be
+    copied before other parts' gradients are added to it, or ``grad_out`` would change."""
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = apply_summed(lambda t, i: t if i == 0 else 2 * t, x, 3)
+    gy = torch.randn_like(y)
+    keep = gy.clone()
+    (gx,) = torch.autograd.grad(y, x, gy)
+    assert torch.equal(gy, keep)
+    assert (gx - 5 * gy).abs().max() < 1e-12

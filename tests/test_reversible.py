@@ -311,3 +311,48 @@ def test_modes_and_bad_modules():
     with pytest.raises(ValueError, match="g must return"):
         bad = ReversibleBlock(NormFeedForward(D, FF), nn.Linear(D, 3))
         bad(torch.zeros(1, 2, D), torch.zeros(1, 2, D))
+
+
+@pytest.mark.parametrize("attention", ["lsh", "local"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_norm_attention_one_head_at_a_time_is_the_same_function(attention, dropout):
+    """Heads one after another (chapter 4's chunking along heads): the same outputs and
+    gradients, inside a reversible stack, as all heads at once in an ordinary stack."""
+    options = {"chunk_size": 4} if attention == "local" else {**LSH}
+    torch.manual_seed(0)
+    blocks = [ReversibleBlock(NormAttention(D, HEADS, attention=attention, dropout=dropout, **options),
+                              NormFeedForward(D, 2 * D, dropout=dropout)) for _ in range(2)]
+    seq = ReversibleSequence(blocks).double()
+    x = torch.randn(2, 19, D, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for at_once in (True, False):
+        for block in seq.blocks:
+            block.f.one_head_at_a_time = not at_once
+        seq.mode = "ordinary" if at_once else "reversible"
+        torch.manual_seed(7)
+        y1, y2 = seq(x)
+        gy = torch.randn(y1.shape, dtype=y1.dtype, generator=torch.Generator().manual_seed(1))
+        results[at_once] = (y1.detach(), torch.autograd.grad((y1 + y2) * gy, [x, *seq.parameters()],
+                                                             torch.ones_like(y1)))
+    assert (results[True][0] - results[False][0]).abs().max() < 1e-12
+    assert max((a - b).abs().max().item() for a, b in zip(results[True][1], results[False][1])) < 1e-12
+
+
+def test_private_outputs_leave_nothing_else_changed():
+    """With ``private_outputs`` the backward pass writes into the stack's outputs and the
+    incoming gradients; without it (the default) both are left as they were."""
+    torch.manual_seed(0)
+    seq = reversible_stack(D, HEADS, 2 * D, 3, attention="full").double()
+    x = torch.randn(1, 9, D, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for private in (False, True):
+        seq.private_outputs = private
+        y1, y2 = seq(x)
+        kept = (y1.detach().clone(), y2.detach().clone())
+        torch.manual_seed(1)
+        g1, g2 = torch.randn_like(y1), torch.randn_like(y2)
+        incoming = (g1.clone(), g2.clone())
+        grads[private] = torch.autograd.grad([y1, y2], [x, *seq.parameters()], [g1, g2])
+        unchanged = torch.equal(y1, kept[0]) and torch.equal(g1, incoming[0]) and torch.equal(g2, incoming[1])
+        assert unchanged != private
+    assert max((a - b).abs().max().item() for a, b in zip(grads[False], grads[True])) < 1e-12
