@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book test test-all lab student execute bench bench-lsh bench-reversible checkpoints constraints clean
+.PHONY: help venv book test test-all lab student execute bench bench-lsh bench-reversible bench-reformer checkpoints checkpoints-charlm constraints clean
 
 help:
 	@echo "Long Context from Scratch"
@@ -39,7 +39,9 @@ help:
 	@echo "  make bench      run benchmarks/attention.py on DEVICE"
 	@echo "  make bench-lsh  run benchmarks/lsh.py on DEVICE (against Hugging Face if transformers is installed)"
 	@echo "  make bench-reversible  run benchmarks/reversible.py on DEVICE (memory and time against depth)"
+	@echo "  make bench-reformer  run benchmarks/reformer.py on DEVICE (a million-token training step; against Hugging Face)"
 	@echo "  make checkpoints retrain chapter 2's duplication-task models -> checkpoints/duplication/"
+	@echo "  make checkpoints-charlm retrain chapter 4's character-level models -> checkpoints/charlm/ (about 20 minutes)"
 	@echo "  make venv       create or refresh $(VENV)"
 	@echo "  make clean      remove $(OUT)/ and caches (keeps $(VENV))"
 	@echo "Variables: PROFILE=smoke|cpu|gpu (profiles.yml), DEVICE=auto|cpu|cuda"
@@ -80,8 +82,21 @@ bench-reversible: $(STAMP)
 
 # Retrain the shipped duplication-task checkpoints (chapter 2): 2-10 minutes per model on 2 CPU
 # cores (measured: full attention 2.3, LSH-1 4, LSH-2 7, LSH-4 10 minutes on a busy machine).
+# Chapter 4's headline: one training step on 1,048,576 tokens (tens of minutes and about 15 GiB
+# on a CPU), then the same model against Hugging Face's Reformer at 64K tokens.
+bench-reformer: $(STAMP)
+	$(PY) benchmarks/reformer.py --million --hf --length 65536 --device $(DEVICE) $(BENCH_ARGS)
+
 checkpoints: $(STAMP)
 	$(PY) scripts/train_duplication.py $(TRAIN_ARGS)
+
+# Retrain the shipped character-level language models (chapter 4: full attention against LSH on
+# the standard library's source), three runs one after the other: about 20 minutes on 2 idle CPU
+# cores (measured: 4 for full-1k, 7 for each LSH run); 14-20 minutes a run with one thread each on
+# a busy machine. CHARLM_ARGS="--only lsh-1k --threads 1" trains one run (on a machine shared with
+# other jobs one thread was several times faster than two).
+checkpoints-charlm: $(STAMP)
+	$(PY) scripts/train_charlm.py $(CHARLM_ARGS)
 
 # Re-pin requirements/constraints.txt from a fresh environment (after editing
 # pyproject.toml's dependencies). Takes a couple of minutes.

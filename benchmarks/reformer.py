@@ -133,11 +133,11 @@ def hf_step(length: int, *, device: str = "cpu") -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-def ours_step(length: int, *, device: str = "cpu") -> dict:
+def ours_step(length: int, *, device: str = "cpu", one_head_at_a_time: bool = True) -> dict:
     """The same for ours: ``length`` tokens, the LM loss on the last ``length - 1``."""
     dev = resolve_device(device)
     torch.manual_seed(0)
-    model = ReformerLM(config_for(length)).to(dev)
+    model = ReformerLM(config_for(length, one_head_at_a_time=one_head_at_a_time)).to(dev)
     tokens = torch.randint(0, 256, (1, length), device=dev)
     start = time.perf_counter()
     model.loss(tokens).backward()
@@ -145,20 +145,24 @@ def ours_step(length: int, *, device: str = "cpu") -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
+VARIANTS = {"ours": {"one_head_at_a_time": True}, "ours, all heads at once": {"one_head_at_a_time": False}}
+
+
 def against_hf(length: int, device: str, repeats: int) -> dict:
+    """Ours (one head at a time, and all heads at once) against Hugging Face, timed alternately."""
     version = hf_available()
     if version is None:
         print('transformers (with the Reformer) is not installed: pip install -e ".[bench]"')
         return {}
     dev = resolve_device(device)
-    models = {"ours": ReformerLM(config_for(length)).to(dev), "hf": hf_model(length).to(dev).train()}
     tokens = torch.randint(0, 256, (1, length), device=dev)
-    runs = {
-        "ours": lambda: models["ours"].loss(tokens).backward(),
-        "hf": lambda: models["hf"](tokens, labels=tokens).loss.backward(),
-    }
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
-    for name, run in runs.items():  # warm-up
+    runs = {}
+    for name, options in VARIANTS.items():
+        model = ReformerLM(config_for(length, **options)).to(dev)
+        runs[name] = functools.partial(lambda m: m.loss(tokens).backward(), model)
+    runs["hf"] = functools.partial(lambda m: m(tokens, labels=tokens).loss.backward(), hf_model(length).to(dev).train())
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():  # warm-up
         run()
     for _ in tqdm(range(repeats), desc="alternating ours / HF"):
         for name, run in runs.items():
@@ -167,19 +171,21 @@ def against_hf(length: int, device: str, repeats: int) -> dict:
             run()
             synchronize(dev)
             times[name].append(time.perf_counter() - start)
-    del models, runs
-    peaks = {name: peak_memory(functools.partial(fn, length, device=device), device=device, warmup=False)
-             for name, fn in (("ours", ours_step), ("hf", hf_step))}
-    row = {"length": length, "transformers": version,
-           **{f"{k}_seconds": statistics.median(v) for k, v in times.items()},
-           **{f"{k}_peak_bytes": v for k, v in peaks.items()}}
-    row["time_ratio"] = row["ours_seconds"] / row["hf_seconds"]
-    row["memory_ratio"] = peaks["ours"] / peaks["hf"]
-    print(f"{length:,} tokens, forward+backward, {describe_device(device)}, transformers {version}, "
-          f"median of {repeats}:")
-    print(f"  time: ours {row['ours_seconds']:.1f} s, HF {row['hf_seconds']:.1f} s -> {row['time_ratio']:.2f}x (target <= 0.5x)")
-    print(f"  peak: ours {peaks['ours'] / MiB:.0f} MiB, HF {peaks['hf'] / MiB:.0f} MiB -> "
-          f"{row['memory_ratio']:.2f}x (target <= 0.6x)")
+    del runs
+    peaks = {name: peak_memory(functools.partial(ours_step, length, device=device, **options), device=device,
+                               warmup=False) for name, options in VARIANTS.items()}
+    peaks["hf"] = peak_memory(functools.partial(hf_step, length, device=device), device=device, warmup=False)
+    row = {"length": length, "transformers": version, "repeats": repeats,
+           "seconds": {k: statistics.median(v) for k, v in times.items()}, "peak_bytes": peaks}
+    print(f"{length:,} tokens, forward+backward of the LM loss, {describe_device(device)}, transformers {version}, "
+          f"median of {repeats}, timed alternately:")
+    for name in VARIANTS:
+        t, p = row["seconds"][name] / row["seconds"]["hf"], peaks[name] / peaks["hf"]
+        row[f"time_ratio[{name}]"], row[f"memory_ratio[{name}]"] = t, p
+        print(f"  {name:24s} {row['seconds'][name]:7.1f} s ({t:.2f}x HF; target <= 0.5x)   "
+              f"peak {peaks[name] / MiB:7.0f} MiB ({p:.2f}x HF; target <= 0.6x)")
+    print(f"  {'Hugging Face':24s} {row['seconds']['hf']:7.1f} s                          "
+          f"peak {peaks['hf'] / MiB:7.0f} MiB")
     return row
 
 

@@ -55,8 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention as _attention_module
+from . import chunking as _chunking_module
 from . import costs as _costs_module
 from . import lsh as _lsh_module
+from . import reformer as _reformer_module
 from . import reversible as _reversible_module
 
 __all__ = ["Suite", "SUITES", "check", "graded_on_its_own", "draw_cases", "verify", "referenced_library_names",
@@ -1121,6 +1123,528 @@ for _name, _cases_fn in (("rev_stack_small", _rev_small_stack_cases),
                                                                       no_grad=True))):
     _register(Suite(_name, _cases_fn, _rev_stack_run, _rev_stack_reference, _rev_backward_compare(("dx1", "dx2")),
                     _rev_describe, _REV_FORBIDDEN, lambda: _rev_blocked(step_allowed=True)))
+
+
+# --- chunking and the assembled Reformer (chapter 4) ------------------------------
+# Assignment 4 grades five functions, each on its own; ``fn`` is a position-wise module
+# mapping (batch, n, d_in) to (batch, n, d_out) for any n:
+#   chunked_forward(fn, x, chunk_size)                                  -> fn(x), no graph kept
+#   chunked_backward(fn, x, grad_out, chunk_size)                       -> dx; fn's .grad += ...
+#   chunked_ce_forward(hidden, weight, bias, targets, chunk_size)        -> (loss, lse)
+#   chunked_ce_backward(hidden, weight, bias, targets, lse, chunk_size)  -> (dhidden, dweight, dbias)
+#   reformer_block(f, g, x1, x2, chunk_size, apply=...)                  -> (y1, y2), g through apply
+# Cases are plain data, modules as in chapter 3 (_CaseModule specs). Every reference is
+# plain autograd on the whole sequence (F.cross_entropy for the loss), written here:
+# tests/test_grading_04.py checks that the references agree with longctx_lib.chunking
+# and longctx_lib.reversible. Chunking changes no value, only what exists at once, so
+# the kernel also reports what only it can see while the student's code runs (data, like
+# chapter 3's "holds a graph"): the most positions one call of ``fn`` (or ``g``) saw, the
+# most chunks whose autograd graph was alive at once (_Watched), and the largest tensor
+# the loss functions created (_LargestTensor, a TorchDispatchMode: it sees every tensor
+# allocated, autograd's included).
+_CHUNK_FORBIDDEN = ("longctx_lib.chunking", "longctx_lib.reformer", "longctx_lib.grading")
+_BLOCK_FORBIDDEN = (*_CHUNK_FORBIDDEN, "longctx_lib.reversible", "longctx_lib.ReversibleBlock",
+                    "longctx_lib.ReversibleSequence")
+
+
+class _Watched(_CaseModule):
+    """A :class:`_CaseModule` that notes how it is called: ``most_positions``, the longest
+    input (axis 1) of one call; ``most_alive``, the most calls whose output graph was
+    alive at once (recorded with autograd and not yet back-propagated through)."""
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__(spec)
+        self.most_positions, self.alive, self.most_alive = 0, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.most_positions = max(self.most_positions, int(x.shape[1]) if x.dim() > 1 else 0)
+        out = super().forward(x)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            self.alive += 1
+            self.most_alive = max(self.most_alive, self.alive)
+            out.register_hook(self._back_propagated)
+        return out
+
+    def _back_propagated(self, grad: torch.Tensor) -> None:
+        self.alive -= 1
+
+
+@contextlib.contextmanager
+def _largest_tensor() -> Iterator[Any]:
+    """While active, ``.largest`` is the most elements of any storage an operation created."""
+    from torch.utils._python_dispatch import TorchDispatchMode  # imported here: it loads torch._dynamo
+    from torch.utils._pytree import tree_leaves
+
+    class _LargestTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type != "meta":
+                    self.largest = max(self.largest, t.untyped_storage().nbytes() // max(t.element_size(), 1))
+            return out
+
+    mode = _LargestTensor()
+    with mode:
+        yield mode
+
+
+class _RefChunked(torch.autograd.Function):
+    """A right chunked application of ``fn`` with autograd: exercise 5's hidden tests give it
+    to the student's block as ``apply``. Forward keeps only ``x``; backward recomputes one
+    chunk at a time and returns the parameters' gradients to autograd."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn: Any, chunk_size: int, *params: torch.Tensor) -> torch.Tensor:
+        ctx.fn, ctx.chunk_size = fn, chunk_size
+        ctx.save_for_backward(x, *params)
+        return torch.cat([fn(x[:, s:s + chunk_size]) for s in range(0, x.shape[1], chunk_size)], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple:
+        x, *params = ctx.saved_tensors
+        dx, grads = torch.zeros_like(x), [torch.zeros_like(p) for p in params]
+        for s in range(0, x.shape[1], ctx.chunk_size):
+            span = slice(s, s + ctx.chunk_size)
+            with torch.enable_grad():
+                xc = x[:, span].detach().requires_grad_(True)
+                found = torch.autograd.grad(ctx.fn(xc), [xc, *params], grad_out[:, span], allow_unused=True)
+            dx[:, span] = found[0]
+            for total, g in zip(grads, found[1:]):
+                if g is not None:
+                    total += g
+        return (dx, None, None, *grads)
+
+
+def _ref_chunked_apply(fn: Any, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``apply`` for exercise 5's hidden tests: ``fn(x)``, chunked, with gradients."""
+    params = [p for p in fn.parameters() if p.requires_grad] if isinstance(fn, nn.Module) else []
+    return _RefChunked.apply(x, fn, chunk_size, *params)
+
+
+def _chunk_blocked(*, with_reversible: bool = False, apply_allowed: bool = False) -> tuple[Callable[..., Any], ...]:
+    ours = (_ref_stack_forward, _ref_backward, _ref_cf_forward, _ref_cf_backward, _ref_ce_forward,
+            _ref_ce_backward, _ref_block)
+    apply = () if apply_allowed else (_ref_chunked_apply, _RefChunked.forward, _RefChunked.backward)
+    rev = _module_functions(_reversible_module) if with_reversible else ()
+    return (*_module_functions(_chunking_module), *_module_functions(_reformer_module), *rev, *ours, *apply)
+
+
+# position-wise fn: chunked forward and backward ----------------------------------------
+def _ff_spec(kind: str, d_in: int, d_out: int, gen: torch.Generator, dtype: torch.dtype = torch.float64, *,
+             hidden: int = 8, with_grads: bool = False) -> dict:
+    """A position-wise :class:`_CaseModule`: ``"affine"`` (Linear d_in -> d_out) or ``"mlp"``
+    (LayerNorm, Linear, GELU, Linear d_in -> d_out)."""
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return scale * torch.randn(*shape, generator=gen, dtype=dtype)
+
+    if kind == "affine":
+        params = {"weight": rnd(d_out, d_in, scale=d_in ** -0.5), "bias": rnd(d_out)}
+    else:
+        params = {"norm_weight": 1 + 0.2 * rnd(d_in), "norm_bias": 0.2 * rnd(d_in),
+                  "w1": rnd(hidden, d_in, scale=d_in ** -0.5), "b1": 0.2 * rnd(hidden),
+                  "w2": rnd(d_out, hidden, scale=hidden ** -0.5), "b2": 0.2 * rnd(d_out)}
+    grads = {name: rnd(*p.shape) for name, p in params.items()} if with_grads else None
+    return {"kind": kind, "params": params, "grads": grads, "heads": 1}
+
+
+def _cf_case(spec: dict, shape: tuple[int, int, int], chunk_size: int, gen: torch.Generator, *,
+             tol: float = 1e-10, note: str | None = None, no_grad: bool = False, strict: bool = False) -> dict:
+    """Input ``x`` (batch, length, d_in) and output gradient (batch, length, d_out) for ``spec``.
+
+    Tolerance (errors relative to 1 + |expected|): chunking reorders no sum inside a
+    position, so float64 results agree to ~1e-16; 1e-10 rejects every real mistake (a
+    chunk left out or counted twice is off by ~0.1 or more). float32 cases use 1e-4."""
+    dtype = spec["params"][sorted(spec["params"])[0]].dtype
+    d_out = spec["params"]["weight" if spec["kind"] == "affine" else "w2"].shape[0]
+    x = torch.randn(*shape, generator=gen, dtype=dtype)
+    grad_out = torch.randn(*shape[:2], d_out, generator=gen, dtype=dtype)
+    return {"fn": spec, "x": x, "grad_out": grad_out, "chunk_size": int(chunk_size), "tol": tol, "note": note,
+            "no_grad": no_grad, "strict": strict}
+
+
+def _cf_describe(c: dict) -> str:
+    spec, (b, length, d_in) = c["fn"], c["x"].shape
+    d_out = c["grad_out"].shape[-1]
+    extras = [c["note"]] if c.get("note") else []
+    if spec["grads"]:
+        extras.append("parameters start with a .grad")
+    if c.get("no_grad"):
+        extras.append("called under torch.no_grad()")
+    return (f"fn {spec['kind']} {d_in} -> {d_out}, x ({b}, {length}, {d_in}) {c['x'].dtype}, "
+            f"chunk_size={c['chunk_size']}" + (f" ({'; '.join(extras)})" if extras else ""))
+
+
+def _cf_small_forward_cases(seed: int) -> list[dict]:
+    """What the visible tests of chunked_forward use: 2x on 7 positions in chunks of 3; an MLP 4 -> 6."""
+    gen = torch.Generator().manual_seed(seed)
+    twice = {"kind": "affine", "params": {"weight": torch.tensor([[2.0]]), "bias": torch.tensor([0.0])},
+             "grads": None, "heads": 1}
+    hand = _cf_case(twice, (1, 7, 1), 3, gen, tol=1e-6, note="hand-worked")
+    hand["x"] = torch.arange(7.0).view(1, 7, 1)
+    return [hand, _cf_case(_ff_spec("mlp", 4, 6, gen), (2, 5, 4), 2, gen, note="an MLP 4 -> 6")]
+
+
+def _cf_random_cases(seed: int, n: int, *, grads: bool = False) -> list[dict]:
+    """float64 on random shapes, kinds and chunk sizes (uneven last chunks, chunk_size 1,
+    chunk_size equal to and larger than the length); one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(n):
+        batch, length = rng.randint(1, 3), rng.randint(1, 20)
+        d_in, d_out = rng.randint(2, 6), rng.randint(1, 6)
+        chunk_size = [rng.randint(1, max(1, length - 1)), 1, length, length + rng.randint(1, 4),
+                      rng.randint(2, 5)][i % 5]
+        spec = _ff_spec(rng.choice(["mlp", "affine"]), d_in, d_out, gen, hidden=rng.randint(2, 12),
+                        with_grads=grads and rng.random() < 0.5)
+        cases.append(_cf_case(spec, (batch, length, d_in), chunk_size, gen))
+    spec = _ff_spec("mlp", 8, 8, gen, torch.float32, hidden=32, with_grads=grads)
+    cases.append(_cf_case(spec, (2, 30, 8), 7, gen, tol=1e-4, note="float32"))
+    return cases
+
+
+def _cf_edge_cases(seed: int) -> list[dict]:
+    """Length 1, chunk_size 1, one chunk (chunk_size = length and larger), an uneven last chunk, d_out 1."""
+    gen = torch.Generator().manual_seed(seed)
+    mlp = lambda d_in, d_out, **kw: _ff_spec("mlp", d_in, d_out, gen, hidden=6, **kw)  # noqa: E731
+    return [
+        _cf_case(mlp(3, 3), (2, 1, 3), 1, gen, note="length 1"),
+        _cf_case(mlp(4, 2, with_grads=True), (2, 9, 4), 1, gen, note="chunk_size 1"),
+        _cf_case(mlp(3, 5), (1, 8, 3), 8, gen, note="chunk_size = length: one chunk"),
+        _cf_case(mlp(3, 3, with_grads=True), (2, 6, 3), 50, gen, note="chunk_size > length: one chunk"),
+        _cf_case(mlp(5, 4), (3, 22, 5), 5, gen, note="the last chunk holds 2 positions"),
+        _cf_case(_ff_spec("affine", 4, 1, gen, with_grads=True), (2, 13, 4), 4, gen, note="d_out 1"),
+    ]
+
+
+def _cf_forward_run(fn: Callable[..., Any], c: dict) -> tuple:
+    module = _Watched(c["fn"])
+    x = c["x"].clone().requires_grad_(True)  # autograd would record: the function must not let it
+    out = fn(module, x, c["chunk_size"])
+    return out, isinstance(out, torch.Tensor) and out.requires_grad, module.most_positions
+
+
+def _ref_cf_forward(c: dict) -> tuple:
+    with torch.no_grad():
+        return _CaseModule(c["fn"])(c["x"]), False, c["chunk_size"]
+
+
+def _too_many_positions(most: Any, c: dict, who: str = "fn") -> str | None:
+    if type(most) is not int or most > c["chunk_size"]:
+        return (f"{who} was called on {most} positions at once; call it on at most chunk_size = {c['chunk_size']} "
+                "positions at a time")
+    return None
+
+
+def _cf_forward_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 3:  # only a hand-made results file
+        return "no results"
+    out, graph, most = got
+    problem = _close_problem(out, expected[0], c["tol"], relative=True)
+    if problem:
+        return f"output: {problem}"
+    if graph is not False:
+        return ("the output is attached to an autograd graph (compute under torch.no_grad(): a graph keeps every "
+                "chunk's intermediates, the memory chunking is meant to save)")
+    return _too_many_positions(most, c)
+
+
+def _cf_backward_run(fn: Callable[..., Any], c: dict) -> tuple:
+    module = _Watched(c["fn"])
+    x, grad_out = c["x"].clone(), c["grad_out"].clone()
+    with torch.no_grad() if c["no_grad"] else contextlib.nullcontext():
+        dx = fn(module, x, grad_out, c["chunk_size"])
+    graph = isinstance(dx, torch.Tensor) and dx.grad_fn is not None
+    return dx, _param_grads([module]), graph, module.most_positions, module.most_alive
+
+
+def _ref_cf_backward(c: dict) -> tuple:
+    module = _CaseModule(c["fn"])
+    x = c["x"].clone().requires_grad_(True)
+    with torch.enable_grad():
+        torch.autograd.backward(module(x), c["grad_out"])
+    return x.grad, _param_grads([module]), False, c["chunk_size"], 1
+
+
+def _cf_backward_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 5:  # only a hand-made results file
+        return "no results"
+    dx, grads, graph, most, alive = got
+    problem = _close_problem(dx, expected[0], c["tol"], relative=True)
+    if problem:
+        return f"dx: {problem}"
+    names = [f"fn ({c['fn']['kind']}): {name}" for name in sorted(c["fn"]["params"])]
+    if not isinstance(grads, tuple) or len(grads) != len(expected[1]):
+        return "the parameters of fn changed"
+    for name, g, e in zip(names, grads, expected[1]):
+        if g is None:
+            return f"{name}: no gradient (its .grad is None): back-propagate through fn so that its parameters get one"
+        problem = _close_problem(g, e, c["tol"], relative=True)
+        if problem:
+            return f"{name}: .grad {problem}" + (" (add to the .grad it had; do not replace it)"
+                                                 if c["fn"]["grads"] or c["chunk_size"] < c["x"].shape[1] else "")
+    if not c["strict"]:
+        return None
+    if graph is not False:
+        return ("dx is still attached to an autograd graph (return a detached tensor: a graph keeps fn's "
+                "intermediates alive)")
+    problem = _too_many_positions(most, c)
+    if problem:
+        return problem
+    if type(alive) is not int or alive > 1:
+        return (f"{alive} chunks' autograd graphs were alive at once; back-propagate through each chunk before "
+                "computing the next, so that only one chunk's intermediates exist at a time")
+    return None
+
+
+# the loss: chunked cross-entropy forward and backward ----------------------------------
+def _ce_case(n: int, d: int, vocab: int, chunk_size: int, gen: torch.Generator, *, dtype: torch.dtype = torch.float64,
+             scale: float = 1.0, tol: float = 1e-10, note: str | None = None, measure: bool = False) -> dict:
+    """hidden (n, d), weight (vocab, d), bias (vocab,), targets (n,); lse (n,) the right
+    log-sum-exps (exercise 4's input). Tolerance relative to 1 + |expected|: float64
+    rounding here is ~1e-15; a mistake (a missing mean, bias or maximum) is off by 1e-3 or more."""
+    hidden = scale * torch.randn(n, d, generator=gen, dtype=dtype)
+    weight = torch.randn(vocab, d, generator=gen, dtype=dtype) * d ** -0.5
+    bias = 0.5 * torch.randn(vocab, generator=gen, dtype=dtype)
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    lse = torch.logsumexp(F.linear(hidden, weight, bias), dim=-1)
+    return {"hidden": hidden, "weight": weight, "bias": bias, "targets": targets, "lse": lse,
+            "chunk_size": int(chunk_size), "tol": tol, "note": note, "measure": measure}
+
+
+def _ce_describe(c: dict) -> str:
+    (n, d), vocab = c["hidden"].shape, c["weight"].shape[0]
+    return (f"hidden ({n}, {d}) {c['hidden'].dtype}, vocab {vocab}, chunk_size={c['chunk_size']}"
+            + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _ce_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: the hand-worked case (weight = identity, chunks of 1); 10 positions in chunks of 4."""
+    gen = torch.Generator().manual_seed(seed)
+    hand = _ce_case(2, 2, 2, 1, gen, note="hand-worked")
+    hand["hidden"] = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]], dtype=torch.float64)
+    hand["weight"], hand["bias"] = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    hand["targets"] = torch.tensor([0, 0])
+    hand["lse"] = torch.logsumexp(hand["hidden"], dim=-1)
+    return [hand, _ce_case(10, 4, 7, 4, gen, note="10 positions in chunks of 4")]
+
+
+def _ce_random_cases(seed: int) -> list[dict]:
+    """float64 on random sizes and chunk sizes; vocab 1, one position, chunk_size 1 and >= the
+    positions; logits near 1000 (exp overflows without subtracting the maximum); float32."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(16):
+        n, d, vocab = rng.randint(1, 40), rng.randint(1, 6), rng.randint(2, 30)
+        chunk_size = [rng.randint(1, max(1, n - 1)), 1, n, n + rng.randint(1, 5)][i % 4]
+        cases.append(_ce_case(n, d, vocab, chunk_size, gen, scale=rng.choice([0.5, 1.0, 3.0])))
+    cases += [
+        _ce_case(9, 3, 1, 4, gen, note="vocab 1: the loss is 0"),
+        _ce_case(1, 4, 6, 1, gen, note="one position"),
+        _ce_case(17, 4, 12, 5, gen, scale=600.0, note="logits near 1000: exp overflows without the maximum"),
+        _ce_case(40, 8, 30, 9, gen, dtype=torch.float32, tol=1e-4, note="float32"),
+    ]
+    return cases
+
+
+def _ce_memory_cases(seed: int) -> list[dict]:
+    """Many positions, a large vocabulary, small chunks: the full (positions x vocab) logits are
+    at least 4 times larger than any tensor a chunked loss needs (one chunk's logits, the
+    weight, hidden and its gradient)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [_ce_case(n, d, vocab, chunk, gen, measure=True, note="the largest tensor is measured")
+            for n, d, vocab, chunk in ((96, 3, 48, 8), (128, 4, 64, 16), (101, 2, 40, 7), (64, 4, 100, 16))]
+
+
+def _ce_args(c: dict, *names: str) -> list:
+    return [c[k].clone() for k in names]
+
+
+def _ce_forward_run(fn: Callable[..., Any], c: dict) -> tuple:
+    args = _ce_args(c, "hidden", "weight", "bias", "targets")
+    if not c["measure"]:
+        return fn(*args, c["chunk_size"]), -1
+    with _largest_tensor() as seen:
+        out = fn(*args, c["chunk_size"])
+    return out, seen.largest
+
+
+def _ce_backward_run(fn: Callable[..., Any], c: dict) -> tuple:
+    args = _ce_args(c, "hidden", "weight", "bias", "targets", "lse")
+    if not c["measure"]:
+        return fn(*args, c["chunk_size"]), -1
+    with _largest_tensor() as seen:
+        out = fn(*args, c["chunk_size"])
+    return out, seen.largest
+
+
+def _ref_ce_forward(c: dict) -> tuple:
+    logits = F.linear(c["hidden"], c["weight"], c["bias"])  # (n, vocab): the grader may build it
+    return (F.cross_entropy(logits, c["targets"]), torch.logsumexp(logits, dim=-1)), -1
+
+
+def _ref_ce_backward(c: dict) -> tuple:
+    h, w, b = (c[k].clone().requires_grad_(True) for k in ("hidden", "weight", "bias"))
+    with torch.enable_grad():
+        loss = F.cross_entropy(F.linear(h, w, b), c["targets"])
+        return torch.autograd.grad(loss, (h, w, b)), -1
+
+
+def _ce_compare(names: tuple[str, ...]) -> Callable[[Any, Any, dict], str | None]:
+    def compare(got: Any, expected: tuple, c: dict) -> str | None:
+        if not isinstance(got, tuple) or len(got) != 2:  # only a hand-made results file
+            return "no results"
+        out, largest = got
+        problem = _tuple_problem(out, expected[0], names, (c["tol"],) * len(names), (True,) * len(names))
+        if problem or not c["measure"]:
+            return problem
+        full = c["hidden"].shape[0] * c["weight"].shape[0]
+        if type(largest) is not int or not 0 < 2 * largest < full:
+            return (f"a tensor of {largest} elements was built, at least half the full logits (positions x vocab = "
+                    f"{full}); compute the logits for chunk_size = {c['chunk_size']} positions at a time")
+        return None
+    return compare
+
+
+# one Reformer block, g chunked ------------------------------------------------------
+def _block_case(modules: list[dict], shape: tuple[int, int, int], chunk_size: int, gen: torch.Generator, *,
+                dtype: torch.dtype = torch.float64, tol: float = 1e-9, note: str | None = None) -> dict:
+    """x1, x2 and output gradients dy1, dy2 for the block (f, g) = modules. Tolerance as in chapter 3."""
+    c = _rev_case(modules, [[0, 1]], shape, gen, dtype=dtype, tol=tol, note=note)
+    del c["y1"], c["y2"]  # not needed: the block's outputs are the reference's to compute
+    c["chunk_size"] = int(chunk_size)
+    return c
+
+
+def _block_describe(c: dict) -> str:
+    return _rev_describe(c) + f", chunk_size={c['chunk_size']}"
+
+
+def _block_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: f(x) = 2x and g(x) = x + 1 on one feature; causal attention and an MLP."""
+    gen = torch.Generator().manual_seed(seed)
+    two = {"kind": "affine", "params": {"weight": torch.tensor([[2.0]], dtype=torch.float64),
+                                        "bias": torch.tensor([0.0], dtype=torch.float64)}, "grads": None, "heads": 1}
+    plus_one = {"kind": "affine", "params": {"weight": torch.tensor([[1.0]], dtype=torch.float64),
+                                             "bias": torch.tensor([1.0], dtype=torch.float64)},
+                "grads": None, "heads": 1}
+    hand = _block_case([two, plus_one], (1, 3, 1), 2, gen, note="hand-worked")
+    hand["x1"] = torch.tensor([[[1.0], [2.0], [0.0]]], dtype=torch.float64)
+    hand["x2"] = torch.tensor([[[3.0], [-1.0], [0.5]]], dtype=torch.float64)
+    pair = [_module_spec("attention", 4, gen, heads=2), _ff_spec("mlp", 4, 4, gen, hidden=16)]
+    return [hand, _block_case(pair, (2, 7, 4), 3, gen, note="causal attention and an MLP")]
+
+
+def _block_cases(seed: int) -> list[dict]:
+    """float64: random f (mostly causal attention), position-wise g, shapes and chunk sizes;
+    causality by perturbation (inputs after position t changed); one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(12):
+        batch, length, heads = rng.randint(1, 3), rng.randint(1, 12), rng.choice([1, 2])
+        d = heads * rng.randint(1, 4) + (1 if heads == 1 else 0)  # >= 2: LayerNorm of one feature is 0
+        f_kind = "attention" if i % 4 else rng.choice(["mlp", "affine"])
+        chunk_size = [rng.randint(1, max(1, length - 1)), 1, length + rng.randint(0, 3), rng.randint(2, 4)][i % 4]
+        specs = [_module_spec(f_kind, d, gen, hidden=rng.randint(2, 10), heads=heads),
+                 _ff_spec(rng.choice(["mlp", "affine"]), d, d, gen, hidden=rng.randint(2, 16))]
+        cases.append(_block_case(specs, (batch, length, d), chunk_size, gen))
+    base = _block_case([_module_spec("attention", 4, gen, heads=2), _ff_spec("mlp", 4, 4, gen, hidden=8)],
+                       (2, 9, 4), 4, gen, note="causal attention: base")
+    cases.append(base)
+    for t in (0, 3, 7):
+        changed = {**base, "x1": base["x1"].clone(), "x2": base["x2"].clone(),
+                   "note": f"causal attention: x1 and x2 after position {t} changed"}
+        for k in ("x1", "x2"):
+            changed[k][:, t + 1:] += 3 * torch.randn(changed[k][:, t + 1:].shape, generator=gen, dtype=torch.float64)
+        cases.append(changed)
+    specs = [_module_spec("attention", 8, gen, torch.float32, heads=2), _ff_spec("mlp", 8, 8, gen, torch.float32,
+                                                                                   hidden=32)]
+    cases.append(_block_case(specs, (2, 12, 8), 5, gen, dtype=torch.float32, tol=1e-4, note="float32"))
+    return cases
+
+
+def _block_run(fn: Callable[..., Any], c: dict) -> tuple:
+    f, g = _CaseModule(c["modules"][0]), _Watched(c["modules"][1])
+    x1, x2 = (c[k].clone().requires_grad_(True) for k in ("x1", "x2"))
+    with torch.enable_grad():
+        out = fn(f, g, x1, x2, c["chunk_size"], apply=_ref_chunked_apply)
+        if isinstance(out, (tuple, list)) and len(out) == 2:  # back-propagate what can be
+            pairs = [(y, c[k]) for y, k in zip(out, ("dy1", "dy2")) if isinstance(y, torch.Tensor) and y.requires_grad
+                     and y.shape == c[k].shape]
+            if pairs:
+                torch.autograd.backward([y for y, _ in pairs], [dy for _, dy in pairs])
+    return out, (x1.grad, x2.grad), _param_grads([f, g]), g.most_positions
+
+
+def _ref_block(c: dict) -> tuple:
+    modules = _case_modules(c)
+    x1, x2 = (c[k].clone().requires_grad_(True) for k in ("x1", "x2"))
+    with torch.enable_grad():
+        y1, y2 = _ref_stack_forward(modules, c["blocks"], x1, x2)  # g on the whole sequence
+        torch.autograd.backward((y1, y2), (c["dy1"], c["dy2"]))
+    return (y1.detach(), y2.detach()), (x1.grad, x2.grad), _param_grads(modules), c["chunk_size"]
+
+
+def _block_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 4:  # only a hand-made results file
+        return "no results"
+    out, dx, grads, most = got
+    tols = (c["tol"], c["tol"])
+    problem = _tuple_problem(out, expected[0], ("y1", "y2"), tols, (True, True))
+    if problem:
+        return problem
+    if not isinstance(dx, tuple) or len(dx) != 2 or any(g is None for g in dx):
+        return "no gradient reaches x1 or x2: let autograd record the block (no torch.no_grad(), no detach)"
+    if isinstance(grads, tuple) and len(grads) == len(expected[2]):
+        n_f = len(c["modules"][0]["params"])
+        if all(g is None for g in grads[n_f:]) and not any(g is None for g in grads[:n_f]):
+            return ("g's parameters got no gradient: compute g with `apply`, which records it for backward "
+                    "(chunked_forward alone keeps no graph)")
+    problem = _tuple_problem(dx, expected[1], ("d/dx1", "d/dx2"), tols, (True, True))
+    if problem:
+        return problem + " (the gradient flows through f, and through g via apply)"
+    problem = _rev_grads_problem(grads, expected[2], c)
+    if problem:
+        return problem
+    return _too_many_positions(most, c, "g")
+
+
+for _name, _cases_fn in (("chunk_forward_small", _cf_small_forward_cases),
+                         ("chunk_forward", lambda seed: _cf_random_cases(seed, 20) + _cf_edge_cases(seed))):
+    _register(Suite(_name, _cases_fn, _cf_forward_run, _ref_cf_forward, _cf_forward_compare, _cf_describe,
+                    _CHUNK_FORBIDDEN, _chunk_blocked))
+
+
+def _cf_small_backward_cases(seed: int) -> list[dict]:
+    """What the visible tests of chunked_backward check: an MLP on 7 positions in chunks of 3 against
+    autograd, from no .grad and again from the .grad the first call left (the second adds as much)."""
+    gen = torch.Generator().manual_seed(seed)
+    first = _cf_case(_ff_spec("mlp", 4, 4, gen), (2, 7, 4), 3, gen, note="an MLP, chunks of 3")
+    left = iter(_ref_cf_backward(first)[1])  # the .grad the first call leaves, in parameter order
+    again = {**first["fn"], "grads": {name: next(left) for name in sorted(first["fn"]["params"])}}
+    return [first, {**first, "fn": again, "note": "called a second time"}]
+
+
+for _name, _cases_fn in (
+        ("chunk_backward_small", _cf_small_backward_cases),
+        ("chunk_backward", lambda seed: _cf_random_cases(seed + 1, 20, grads=True)),
+        ("chunk_backward_in_backward",
+         lambda seed: [{**c, "no_grad": True, "strict": True} for c in _cf_edge_cases(seed + 2)
+                       + _cf_random_cases(seed + 3, 5, grads=True)])):
+    _register(Suite(_name, _cases_fn, _cf_backward_run, _ref_cf_backward, _cf_backward_compare, _cf_describe,
+                    _CHUNK_FORBIDDEN, _chunk_blocked))
+for _name, _cases_fn in (("ce_forward_small", _ce_small_cases), ("ce_forward", _ce_random_cases),
+                         ("ce_forward_memory", _ce_memory_cases)):
+    _register(Suite(_name, _cases_fn, _ce_forward_run, _ref_ce_forward, _ce_compare(("loss", "lse")), _ce_describe,
+                    _CHUNK_FORBIDDEN, _chunk_blocked))
+for _name, _cases_fn in (("ce_backward_small", _ce_small_cases), ("ce_backward", _ce_random_cases),
+                         ("ce_backward_memory", _ce_memory_cases)):
+    _register(Suite(_name, _cases_fn, _ce_backward_run, _ref_ce_backward,
+                    _ce_compare(("d hidden", "d weight", "d bias")), _ce_describe, _CHUNK_FORBIDDEN, _chunk_blocked))
+for _name, _cases_fn in (("reformer_block_small", _block_small_cases), ("reformer_block", _block_cases)):
+    _register(Suite(_name, _cases_fn, _block_run, _ref_block, _block_compare, _block_describe, _BLOCK_FORBIDDEN,
+                    lambda: _chunk_blocked(with_reversible=True, apply_allowed=True)))
 
 
 # ------------------------------------------------------------------- kernel side

@@ -36,7 +36,7 @@ def _check_fn(fn: Any) -> None:
     if not callable(fn):
         raise TypeError(f"fn must be callable (the function to measure); got {type(fn).__name__}")
 
-__all__ = ["Timing", "time_fn", "peak_memory", "saved_tensor_bytes", "fit_loglog_slope"]
+__all__ = ["Timing", "time_fn", "peak_memory", "saved_tensor_bytes", "fit_loglog_slope", "longest_within"]
 
 
 @dataclass(frozen=True)
@@ -295,4 +295,34 @@ def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     ly = torch.tensor([float(v) for v in y], dtype=torch.float64).log()
     lx = lx - lx.mean()
     return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
+
+
+def longest_within(measure: Callable[[int], float], budget: float, *, start: int,
+                   stop: int) -> tuple[int | None, dict[int, float]]:
+    """The longest of ``start, 2 start, 4 start, ... <= stop`` whose ``measure`` stays within ``budget``.
+
+    ``measure(length)`` is a cost (peak bytes, seconds) that grows with the length; the
+    search doubles the length until the cost exceeds ``budget`` or the length would pass
+    ``stop``, and stops there (longer lengths are not tried). Returns the longest length
+    that fitted (``None`` if ``start`` did not) and every measurement, by length.
+    """
+    if not callable(measure):
+        raise TypeError(f"measure must be callable as measure(length); got {type(measure).__name__}")
+    for name, value in (("start", start), ("stop", stop)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer (a length); got {value!r}")
+    if stop < start:
+        raise ValueError(f"stop must be >= start; got start={start}, stop={stop}")
+    if not budget > 0:
+        raise ValueError(f"budget must be a positive number; got {budget!r}")
+    costs: dict[int, float] = {}
+    best = None
+    length = start
+    while length <= stop:
+        costs[length] = measure(length)
+        if costs[length] > budget:
+            break
+        best = length
+        length *= 2
+    return best, costs
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .chunking import ChunkedFeedForward, chunked_cross_entropy
-from .reversible import MODES, NormAttention, NormFeedForward, ReversibleBlock, ReversibleSequence
+from .reversible import ATTENTIONS, MODES, NormAttention, NormFeedForward, ReversibleBlock, ReversibleSequence
 
 __all__ = [
     "ReformerConfig",
@@ -94,8 +94,8 @@ class ReformerConfig:
         if self.d_model % 2:
             raise ValueError(f"d_model must be even (the axial embedding splits it in two); got {self.d_model}")
         kinds = (self.attention,) if isinstance(self.attention, str) else tuple(self.attention)
-        if not kinds or any(k not in ("lsh", "local", "full") for k in kinds):
-            raise ValueError(f'attention must be "lsh", "local", "full" or a sequence of them; got {self.attention!r}')
+        if not kinds or any(k not in ATTENTIONS for k in kinds):
+            raise ValueError(f"attention must be one of {ATTENTIONS} or a sequence of them; got {self.attention!r}")
         for name in ("ff_chunk_size", "loss_chunk_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -169,7 +169,7 @@ class ReformerLM(nn.Module):
         self.positions = AxialPositionEmbedding(c.d_model, c.axial_shape)
         blocks = []
         for kind in c.kinds():
-            options = {} if kind == "full" else {"chunk_size": c.chunk_size,
+            options = {} if kind in ("full", "naive") else {"chunk_size": c.chunk_size,
                                                   "one_head_at_a_time": c.one_head_at_a_time}
             if kind == "lsh":
                 options.update(n_hashes=c.n_hashes, n_buckets=c.n_buckets)
@@ -300,10 +300,11 @@ ABLATION_STAGES: tuple[str, ...] = ("plain", "+LSH", "+reversible", "+chunking")
 """The paper's Table 3 as cumulative steps: each stage adds one technique to the one before."""
 
 
-def ablation_config(stage: str, **overrides) -> ReformerConfig:
+def ablation_config(stage: str, *, plain_attention: str = "naive", **overrides) -> ReformerConfig:
     """The :class:`ReformerConfig` of one stage of the ablation (:data:`ABLATION_STAGES`).
 
-    ``"plain"``: full attention, an ordinary residual stack, no chunking; ``"+LSH"``: LSH
+    ``"plain"``: full attention (``plain_attention``: ``"naive"``, every score built, as
+    in the paper's baseline; ``"full"`` for fused SDPA), an ordinary residual stack, no chunking; ``"+LSH"``: LSH
     attention instead; ``"+reversible"``: the reversible stack; ``"+chunking"``: the
     feed-forward layers and the loss chunked along the sequence, attention along the
     heads. ``overrides`` set the sizes shared by every
@@ -312,10 +313,13 @@ def ablation_config(stage: str, **overrides) -> ReformerConfig:
     """
     if stage not in ABLATION_STAGES:
         raise ValueError(f"stage must be one of {ABLATION_STAGES}; got {stage!r}")
+    if plain_attention not in ("full", "naive"):
+        raise ValueError(f'plain_attention must be "naive" or "full"; got {plain_attention!r}')
     base = ReformerConfig(**overrides)
     level = ABLATION_STAGES.index(stage)
     switches = {
-        "attention": base.attention if level >= 1 and base.attention != "full" else ("lsh" if level >= 1 else "full"),
+        "attention": base.attention if level >= 1 and base.attention not in ("full", "naive")
+        else ("lsh" if level >= 1 else plain_attention),
         "mode": "reversible" if level >= 2 else "ordinary",
         "ff_chunk_size": base.ff_chunk_size if level >= 3 else None,
         "loss_chunk_size": base.loss_chunk_size if level >= 3 else None,

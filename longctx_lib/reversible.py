@@ -53,6 +53,7 @@ from .lsh import LSHSelfAttention, default_n_buckets, lsh_attention, random_rota
 from .transformer import FeedForward, _check_x, _dropout
 
 __all__ = [
+    "ATTENTIONS",
     "MODES",
     "ReversibleBlock",
     "ReversibleSequence",
@@ -65,6 +66,8 @@ __all__ = [
     "reversible_stack_step",
 ]
 
+ATTENTIONS = ("lsh", "full", "naive", "local")
+"""The attention inside :class:`NormAttention`."""
 MODES = ("reversible", "ordinary", "checkpoint")
 
 
@@ -372,7 +375,8 @@ class NormAttention(nn.Module):
 
     ``attention="lsh"`` (:class:`~longctx_lib.lsh.LSHSelfAttention`; its buckets are
     recorded in a reversible forward pass and reused when recomputing), ``"full"``
-    (:class:`~longctx_lib.attention.MultiHeadAttention` with fused SDPA) or ``"local"``
+    (:class:`~longctx_lib.attention.MultiHeadAttention` with fused SDPA), ``"naive"``
+    (the same with chapter 1's reference attention, which builds every score) or ``"local"``
     (causal only: each chunk of ``chunk_size`` positions attends to itself and the chunk
     before it, with the same shared-QK layer as LSH and every position in one bucket;
     the Reformer interleaves such layers with LSH layers).
@@ -387,15 +391,16 @@ class NormAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, *, attention: str = "lsh", causal: bool = True,
                  dropout: float = 0.0, one_head_at_a_time: bool = False, **lsh_options: Any) -> None:
         super().__init__()
-        if attention not in ("lsh", "full", "local"):
-            raise ValueError(f'attention must be "lsh", "full" or "local"; got {attention!r}')
+        if attention not in ATTENTIONS:
+            raise ValueError(f'attention must be one of {ATTENTIONS}; got {attention!r}')
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be True or False; got {causal!r}")
         if not isinstance(one_head_at_a_time, bool):
             raise TypeError(f"one_head_at_a_time must be True or False; got {one_head_at_a_time!r}")
-        if attention == "full" and lsh_options:
+        full = attention in ("full", "naive")
+        if full and lsh_options:
             raise ValueError(f"{sorted(lsh_options)} apply only to attention='lsh' or 'local'")
-        if attention == "full" and one_head_at_a_time:
+        if full and one_head_at_a_time:
             raise ValueError("one_head_at_a_time applies only to attention='lsh' or 'local' "
                              "(full attention's fused kernel runs every head at once)")
         if attention == "local":
@@ -409,14 +414,14 @@ class NormAttention(nn.Module):
         if attention in ("lsh", "local"):
             self.attn: nn.Module = LSHSelfAttention(d_model, n_heads, **lsh_options)
         else:
-            self.attn = MultiHeadAttention(d_model, n_heads, impl="sdpa")
+            self.attn = MultiHeadAttention(d_model, n_heads, impl="sdpa" if attention == "full" else "naive")
         self.kind, self.causal, self.one_head_at_a_time = attention, causal, one_head_at_a_time
         self.drop = _dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_x(x, self.norm.normalized_shape[0])
         h = self.norm(x)
-        if self.kind == "full":
+        if self.kind in ("full", "naive"):
             return self.drop(self.attn(h, causal=self.causal))
         attn = self.attn
         if self.kind == "local":  # one bucket: the sorted order is the original order
@@ -575,8 +580,8 @@ def reversible_stack_step(
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    if attention not in ("lsh", "full", "local"):
-        raise ValueError(f'attention must be "lsh", "full" or "local"; got {attention!r}')
+    if attention not in ATTENTIONS:
+        raise ValueError(f'attention must be one of {ATTENTIONS}; got {attention!r}')
     dev = resolve_device(device)
     torch.manual_seed(seed)
     options = {"lsh": {"n_hashes": n_hashes, "chunk_size": chunk_size}, "local": {"chunk_size": chunk_size}}

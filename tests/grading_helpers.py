@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-
 from nbhelpers import REPO, load_script
 
 __all__ = ["Course", "GradedSubmission", "answer_cells", "graded_cells", "cached_grader"]
@@ -43,6 +42,33 @@ def assert_student_matches_generated(assignment: str) -> None:
     assert assignment in gen.list_assignments()
     report = gen.differences(gen.generate([assignment]), gen.committed([assignment]))
     assert not report, "run `python scripts/generate_student.py`:\n" + "\n\n".join(report)
+
+
+def well_formed_grades(path: Path) -> tuple[nbformat.NotebookNode, dict[str, nbformat.NotebookNode]]:
+    """Read a source notebook, check what every assignment needs (valid nbformat, the
+    ``python3`` kernel, unique grade_ids, points on every graded cell); return it and its graded cells."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+    assert len(ids) == len(set(ids)), "grade_ids must be unique"
+    grades = graded_cells(nb)
+    assert all(c.metadata["nbgrader"].get("points", 0) > 0 for c in grades.values()), "every test cell needs points"
+    return nb, grades
+
+
+def grade_suite(tmp_path: Path, monkeypatch, suite: str, fn) -> list:
+    """Run a grading suite's kernel side and grader side as the grader would, in one process:
+    the grader's findings (``[]`` when ``fn`` passes)."""
+    from longctx_lib import grading
+
+    monkeypatch.setenv(grading.GRADER_DIR_ENV, str(tmp_path))
+    cases = grading.draw_cases(suite, tmp_path)
+    try:
+        grading.check(suite, fn)
+    except AssertionError:
+        pass  # the local verdict is advice; the grader's is the one that counts
+    return grading.verify(suite, tmp_path, cases)
 
 
 def answer_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:

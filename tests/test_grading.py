@@ -17,8 +17,12 @@ import re
 
 import nbformat
 import pytest
-
-from grading_helpers import Course, answer_cells, cached_grader, graded_cells
+from grading_helpers import (
+    Course,
+    answer_cells,
+    cached_grader,
+    well_formed_grades,
+)
 from nbhelpers import REPO, load_script
 
 # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every autograde.
@@ -131,13 +135,7 @@ def test_student_notebooks_match_generated():
 
 
 def test_source_notebook_is_well_formed():
-    nb = nbformat.read(SOURCE, as_version=4)
-    nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
-    assert len(ids) == len(set(ids)), "grade_ids must be unique"
-    grades = graded_cells(nb)
-    assert all(c.metadata["nbgrader"].get("points", 0) > 0 for c in grades.values()), "every test cell needs points"
+    nb, grades = well_formed_grades(SOURCE)
     # The total stated at the top is the sum of the points.
     total = sum(c.metadata["nbgrader"]["points"] for c in grades.values())
     auto = sum(c.metadata["nbgrader"]["points"] for c in grades.values() if c.cell_type == "code")

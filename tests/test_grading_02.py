@@ -19,14 +19,13 @@ import re
 
 import nbformat
 import pytest
-
 from grading_helpers import (
     Course,
     answer_cells,
     assert_student_matches_generated,
     cached_grader,
-    graded_cells,
     printed_output,
+    well_formed_grades,
 )
 from nbhelpers import REPO
 
@@ -124,14 +123,8 @@ def test_student_notebook_matches_generated():
 
 
 def test_source_notebook_is_well_formed():
-    nb = nbformat.read(SOURCE, as_version=4)
-    nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
-    assert len(ids) == len(set(ids)), "grade_ids must be unique"
-    grades = graded_cells(nb)
+    nb, grades = well_formed_grades(SOURCE)
     assert set(grades) >= HASH | SORT | CHUNK | COMBINE | {"ex5_answer"}
-    assert all(c.metadata["nbgrader"].get("points", 0) > 0 for c in grades.values()), "every test cell needs points"
     total = sum(c.metadata["nbgrader"]["points"] for c in grades.values())
     auto = sum(c.metadata["nbgrader"]["points"] for c in grades.values() if c.cell_type == "code")
     stated = re.search(r"\*\*Total: (\d+) points\*\*: (\d+) autograded", nb.cells[0].source)

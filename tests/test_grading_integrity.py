@@ -19,7 +19,6 @@ import html
 
 import nbformat
 import pytest
-
 from grading_helpers import Course, answer_cells
 from nbhelpers import REPO
 

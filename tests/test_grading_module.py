@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from grading_helpers import grade_suite
 
 from longctx_lib import grading
 from longctx_lib.attention import scaled_dot_product_attention
@@ -24,28 +25,17 @@ def _reference_attention(q, k, v, causal=False, key_padding_mask=None):
     return w @ v
 
 
-def _grade(tmp_path, monkeypatch, suite, fn):
-    """Run the kernel side and the grader side as the grader would, in one process."""
-    monkeypatch.setenv(grading.GRADER_DIR_ENV, str(tmp_path))
-    cases = grading.draw_cases(suite, tmp_path)
-    try:
-        grading.check(suite, fn)
-    except AssertionError:
-        pass  # the local verdict is advice; the grader's is the one that counts
-    return grading.verify(suite, tmp_path, cases)
-
-
 def test_right_answer_passes_and_wrong_fails(tmp_path, monkeypatch):
-    assert _grade(tmp_path, monkeypatch, "attention_values", _reference_attention) == []
+    assert grade_suite(tmp_path, monkeypatch, "attention_values", _reference_attention) == []
     wrong = lambda q, k, v, causal=False, key_padding_mask=None: _reference_attention(q * 2, k, v, causal, key_padding_mask)
-    problems = _grade(tmp_path, monkeypatch, "attention_values", wrong)
+    problems = grade_suite(tmp_path, monkeypatch, "attention_values", wrong)
     assert problems and "checked by the grader" in problems[0]
 
 
 def test_calling_the_library_is_blocked(tmp_path, monkeypatch):
     lib = lambda q, k, v, causal=False, key_padding_mask=None: scaled_dot_product_attention(
         q, k, v, causal=causal, key_padding_mask=key_padding_mask)
-    problems = _grade(tmp_path, monkeypatch, "attention_small", lib)
+    problems = grade_suite(tmp_path, monkeypatch, "attention_small", lib)
     assert problems and "graded on its own" in problems[0]
 
 
@@ -83,7 +73,7 @@ def test_bad_outputs_are_named(tmp_path, monkeypatch, value, words):
         if value == "int":
             return 3
         return torch.full_like(out, value)
-    problems = _grade(tmp_path, monkeypatch, "attention_values", fn)
+    problems = grade_suite(tmp_path, monkeypatch, "attention_values", fn)
     assert problems and words in problems[0], problems
 
 
@@ -174,7 +164,7 @@ _ANSWERS = {"lsh_hash": _hash, "lsh_sort": _sort, "lsh_chunk": _chunk, "lsh_comb
 @pytest.mark.parametrize("suite", LSH_SUITES)
 def test_lsh_right_answers_pass(tmp_path, monkeypatch, suite):
     fn = next(f for prefix, f in _ANSWERS.items() if suite.startswith(prefix))
-    assert _grade(tmp_path, monkeypatch, suite, fn) == []
+    assert grade_suite(tmp_path, monkeypatch, suite, fn) == []
 
 
 @pytest.mark.parametrize("suite, fn, words", [
@@ -186,16 +176,16 @@ def test_lsh_right_answers_pass(tmp_path, monkeypatch, suite):
     ("lsh_sort", lambda b, m: tuple(t.flip(-1) for t in _sort(b, m)), "query_pos"),
 ])
 def test_lsh_wrong_answers_fail(tmp_path, monkeypatch, suite, fn, words):
-    problems = _grade(tmp_path, monkeypatch, suite, fn)
+    problems = grade_suite(tmp_path, monkeypatch, suite, fn)
     assert problems and "checked by the grader" in problems[0] and words in problems[0], problems
 
 
 def test_lsh_wrong_answers_pass_the_suites_that_cannot_see_them(tmp_path, monkeypatch):
     """The mistakes above stay invisible to the small suites (which mirror the visible tests)."""
-    assert _grade(tmp_path, monkeypatch, "lsh_chunk_small",
+    assert grade_suite(tmp_path, monkeypatch, "lsh_chunk_small",
                   lambda *a, causal=False: _chunk(*a, causal=causal, scale=False)) == []
-    assert _grade(tmp_path, monkeypatch, "lsh_sort", lambda b, m: _sort(b, m, always_look_back=True)) == []
-    assert _grade(tmp_path, monkeypatch, "lsh_combine_small", lambda *a: _combine(*a, stable=False)) == []
+    assert grade_suite(tmp_path, monkeypatch, "lsh_sort", lambda b, m: _sort(b, m, always_look_back=True)) == []
+    assert grade_suite(tmp_path, monkeypatch, "lsh_combine_small", lambda *a: _combine(*a, stable=False)) == []
 
 
 def test_lsh_references_compose_to_the_library():
@@ -223,7 +213,7 @@ def test_lsh_references_compose_to_the_library():
 
 def test_lsh_library_is_blocked_while_graded(tmp_path, monkeypatch):
     via_library = lambda x, r: lsh.hash_vectors(x, 2 * r.shape[-1], r.shape[1], rotations=r)
-    problems = _grade(tmp_path, monkeypatch, "lsh_hash_small", via_library)
+    problems = grade_suite(tmp_path, monkeypatch, "lsh_hash_small", via_library)
     assert problems and "graded on its own" in problems[0]
     blocked = grading.SUITES["lsh_chunk"].blocked()
     assert {lsh.lsh_attention, lsh.hash_vectors, lsh.random_rotations, lsh.LSHSelfAttention.forward,
@@ -333,7 +323,7 @@ _REV_ANSWERS = {"forward": _rev_forward, "inverse": _rev_inverse, "block": _bloc
 
 @pytest.mark.parametrize("suite", list(REV_SUITES))
 def test_rev_right_answers_pass(tmp_path, monkeypatch, suite):
-    assert _grade(tmp_path, monkeypatch, suite, _REV_ANSWERS[REV_SUITES[suite]]) == []
+    assert grade_suite(tmp_path, monkeypatch, suite, _REV_ANSWERS[REV_SUITES[suite]]) == []
 
 
 _OVERWRITES = lambda *a: _block_backward(*a, mistake="overwrites")  # noqa: E731
@@ -359,7 +349,7 @@ _KEEPS_GRAPH = lambda *a: _block_backward(*a, mistake="keeps_graph")  # noqa: E7
     ("rev_stack", lambda *a, step: _reversible_backward(*a, step=step, bottom_up=True), "max |error|"),
 ])
 def test_rev_wrong_answers_fail(tmp_path, monkeypatch, suite, fn, words):
-    problems = _grade(tmp_path, monkeypatch, suite, fn)
+    problems = grade_suite(tmp_path, monkeypatch, suite, fn)
     assert problems and "checked by the grader" in problems[0] and words in problems[0], problems
 
 
@@ -368,10 +358,10 @@ def test_rev_wrong_answers_pass_the_suites_that_cannot_see_them(tmp_path, monkey
     block_backward is called as a backward pass calls it; exercise 4 is graded with a right step."""
     for fn in (_NO_ENABLE_GRAD, _KEEPS_GRAPH):
         for suite in ("rev_block_small", "rev_block"):
-            assert _grade(tmp_path, monkeypatch, suite, fn) == [], suite
+            assert grade_suite(tmp_path, monkeypatch, suite, fn) == [], suite
     broken_step = lambda *a, step: _reversible_backward(*a, step=_FORGETS_G)  # noqa: E731
-    assert _grade(tmp_path, monkeypatch, "rev_stack", broken_step)  # ignoring `step` costs the points
-    assert _grade(tmp_path, monkeypatch, "rev_stack", lambda *a, step: _reversible_backward(*a)) == []
+    assert grade_suite(tmp_path, monkeypatch, "rev_stack", broken_step)  # ignoring `step` costs the points
+    assert grade_suite(tmp_path, monkeypatch, "rev_stack", lambda *a, step: _reversible_backward(*a)) == []
 
 
 def _rev_cases():
@@ -429,7 +419,7 @@ def test_rev_cases_cover_what_the_prompts_promise():
 
 def test_rev_library_is_blocked_while_graded(tmp_path, monkeypatch):
     via_library = lambda f, g, y1, y2: reversible.ReversibleBlock(f, g).inverse(y1, y2)  # noqa: E731
-    problems = _grade(tmp_path, monkeypatch, "rev_inverse_small", via_library)
+    problems = grade_suite(tmp_path, monkeypatch, "rev_inverse_small", via_library)
     assert problems and "graded on its own" in problems[0]
     for suite in REV_SUITES:
         blocked = set(grading.SUITES[suite].blocked())

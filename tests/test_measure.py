@@ -100,3 +100,19 @@ def test_fit_loglog_slope_recovers_exponents():
         fit_loglog_slope([1, 2], [1])
     with pytest.raises(ValueError):
         fit_loglog_slope([1, 2], [0, 1])
+
+
+def test_longest_within_doubles_until_the_budget():
+    from longctx_lib.measure import longest_within
+
+    calls = []
+
+    def cost(n):
+        calls.append(n)
+        return n * n
+
+    best, costs = longest_within(cost, 1000, start=4, stop=1024)
+    assert best == 16 and calls == [4, 8, 16, 32]  # 32**2 > 1000: stops, tries nothing longer
+    assert costs == {4: 16, 8: 64, 16: 256, 32: 1024}
+    assert longest_within(cost, 10, start=4, stop=64) == (None, {4: 16})  # even the start is too costly
+    assert longest_within(cost, 1e9, start=4, stop=40)[0] == 32  # capped by stop

@@ -9,6 +9,8 @@ a linear law gives slope 1, a quadratic one 2.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from nbhelpers import cell_errors, glued_value, load_script, read_glued
@@ -218,3 +220,116 @@ def executed_solutions(tmp_path_factory):
 def test_solution_notebooks_run_and_pass_their_own_tests(executed_solutions):
     for path in executed_solutions:
         assert cell_errors(path) == [], path
+
+
+# ---------------------------------------------------------------- assignment 4's solution
+def _printed(notebook, cell_id: str) -> str:
+    """What the cell with id ``cell_id`` printed in an executed notebook."""
+    from nbhelpers import load_notebook
+
+    cell = next(c for c in load_notebook(notebook)["cells"] if c.get("id") == cell_id)
+    return "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+@pytest.fixture(scope="module")
+def solution_04(executed_solutions):
+    path = next(p for p in executed_solutions if p.name == "04-chunking.ipynb")
+    assert cell_errors(path) == [], path
+    return path
+
+
+def test_solution_04_assembled_pieces_match_autograd(solution_04):
+    # Float64 rounding only (7e-14 and 4e-17 measured); the cells say "they agree" below 1e-9.
+    for cell in ("assemble_ff", "assemble_loss"):
+        assert "(they agree)" in _printed(solution_04, cell), _printed(solution_04, cell)
+    # The chunked layer keeps nothing but its input; the chunked loss far less than the N x vocab log-probabilities.
+    kept = re.search(r"kept for backward: ([\d,]+) KiB by the plain layer .*?, ([\d,]+) KiB by yours",
+                     _printed(solution_04, "assemble_ff"))
+    assert kept and int(kept[1].replace(",", "")) > 0 and int(kept[2].replace(",", "")) == 0, kept
+    kept = re.search(r"kept for backward: ([\d,]+) KiB by F.cross_entropy .*?, ([\d,]+) KiB by yours",
+                     _printed(solution_04, "assemble_loss"), re.S)
+    assert kept and int(kept[2].replace(",", "")) * 50 < int(kept[1].replace(",", "")), kept
+
+
+def test_solution_04_ablation_table(solution_04):
+    """The smoke profile's table: exact kept bytes, each stage's saving, and the note for the skipped peaks."""
+    text = _printed(solution_04, "measure")
+    header = re.match(r"(\d+) tokens, d_model \d+, d_ff \d+, (\d+) layers, (\d+) heads, vocabulary (\d+), .*"
+                      r"plain attention: '(\w+)'", text)
+    assert header, text
+    length, layers, heads, vocab = (int(header[i]) for i in range(1, 5))
+    assert length == 512, text
+    kept = {m[1]: float(m[2]) for m in re.finditer(r"^\s*(plain|\+LSH|\+reversible|\+chunking)\s+([\d.]+)", text, re.M)}
+    assert set(kept) == {"plain", "+LSH", "+reversible", "+chunking"}, text
+    # Counted bytes, not a noisy measurement (smoke, plain attention "naive": 13.49, 4.93, 1.02 and 0.53 MiB).
+    matrix_mib = length * length * 4 / 2**20  # one head's L x L scores, float32
+    if header[5] == "naive":  # the plain model keeps at least one L x L matrix per head and layer: LSH removes it
+        assert kept["plain"] - kept["+LSH"] >= 0.9 * layers * heads * matrix_mib, text
+    else:  # fused attention keeps no L x L matrix: LSH keeps about as much
+        assert 0.8 * kept["plain"] < kept["+LSH"] < 1.2 * kept["plain"], text
+    # The reversible stack drops every layer's activations (a fifth is left); chunking then drops the
+    # loss's log-probabilities (length x vocabulary float32).
+    assert kept["+reversible"] < 0.35 * kept["+LSH"], text
+    assert kept["+chunking"] < kept["+reversible"] - 0.9 * length * vocab * 4 / 2**20, text
+    assert "peak memory: skipped (PEAK_MEMORY is False)" in text, text
+
+
+@pytest.fixture(scope="module")
+def ch4(built_book):
+    return glued_results(built_book, "04-chunking")
+
+
+def test_ch4_chunking_keeps_nothing_but_is_the_same_function(ch4):
+    # Counted bytes, not measurements: the chunked feed-forward keeps nothing of its own
+    # (its input belongs to the caller), the chunked loss one log-sum-exp per position.
+    assert ch4["ff_saved_chunked_mib"] == 0
+    assert ch4["ff_saved_mib"] >= 2 * ch4["ff_hidden_mib"] * 0.99  # the hidden layer before and after GELU
+    assert ch4["ce_saved_chunked_mib"] < ch4["ce_logits_mib"] / 100
+    assert ch4["ce_saved_mib"] >= ch4["ce_logits_mib"]
+    # float64: a few ulps (chunking splits sums over positions only)
+    assert ch4["ff_diff"] < 1e-12 and ch4["ce_diff"] < 1e-12
+    # one head at a time keeps only the shared normalised input
+    assert ch4["heads_saved_ratio"] > 2
+
+
+def test_ch4_lsh_leaks_local_does_not(ch4):
+    assert ch4["leak_local"] < 1e-12
+    assert ch4["leak_lsh"] > 1e-9 and ch4["leak_lsh_share"] > 0
+
+
+def test_ch4_ablation_each_technique_lowers_the_peak(ch4):
+    stages = ("plain", "lsh", "reversible", "chunking")
+    peaks = [ch4[f"abl_peak_{s}_mib"] for s in stages]
+    longest = [ch4[f"abl_longest_{s}"] for s in stages]
+    # Each stage removes a term: its peak at the fixed length is lower than the previous
+    # stage's (5 % slack for the resident-set measurement's noise).
+    for a, b in zip(peaks, peaks[1:]):
+        assert b < 1.05 * a, peaks
+    assert peaks[0] > 1.5 * peaks[-1], peaks
+    # ... and the longest length in the budget never shrinks; the full model's is longer than plain's.
+    for a, b in zip(longest, longest[1:]):
+        assert b >= a, longest
+    assert longest[-1] > longest[0], longest
+
+
+def test_ch4_memory_linear_in_length_flat_in_depth(ch4):
+    # The cost model: the peak is linear in length (log-log slope near 1 once the fixed
+    # costs are small next to it) and does not grow with depth beyond the new layers'
+    # weights, gradients and Adam moments.
+    # (The log-log slope is below 1 at the smoke profile's short lengths, where the
+    # weights and Adam's moments are a large share; the fitted line is the model.)
+    assert 0.8 <= ch4["step_vs_fit"] <= 1.25  # the longer step lands on the fitted line
+    assert ch4["per_token_kib"] > 0
+    # attention one head at a time lowers the peak of the whole step
+    assert ch4["all_heads_peak_mib"] > ch4["depth_peak_mib"]
+    assert ch4["depth_growth_mib"] <= ch4["depth_param_mib"] + 0.15 * ch4["per_token_kib"] * ch4["depth_length"] / 1024
+    assert ch4["step_seconds"] > 0
+
+
+def test_ch4_text_models_measured_again(ch4):
+    # The shipped checkpoints, evaluated in this build on the validation text: far below a
+    # uniform guess (8 bits), close to what training recorded (different windows: 0.3 bits).
+    for name in ("full_1k", "lsh_1k", "lsh_4k"):
+        assert ch4[f"bpc_{name}"] < 5, name
+        assert abs(ch4[f"bpc_{name}"] - ch4[f"bpc_recorded_{name}"]) < 0.3, name
+    assert ch4["sample_chars"] > 0

@@ -22,7 +22,7 @@ def loss_and_grads(model: ReformerLM, tokens: torch.Tensor, *, plain: bool, seed
     model.stack.mode = "ordinary" if plain else "reversible"
     for block in model.stack.blocks:
         block.g.chunk_size = None if plain else model.config.ff_chunk_size
-        if block.f.kind != "full":
+        if block.f.kind not in ("full", "naive"):
             block.f.one_head_at_a_time = not plain
     torch.manual_seed(seed)  # the same LSH rotations in both builds
     loss = model.loss(tokens, chunked=not plain)
@@ -30,7 +30,7 @@ def loss_and_grads(model: ReformerLM, tokens: torch.Tensor, *, plain: bool, seed
     return loss.item(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("attention", ["lsh", ("local", "lsh"), "full"])
+@pytest.mark.parametrize("attention", ["lsh", ("local", "lsh"), "full", "naive"])
 def test_reformer_equals_plain_build(attention):
     torch.manual_seed(0)
     model = ReformerLM(ReformerConfig(**SMALL, attention=attention)).double()
@@ -91,3 +91,26 @@ def test_training_reduces_the_loss():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.5 * first
+
+
+def test_peak_memory_linear_in_length_flat_in_depth():
+    """The cost model of chapter 4 (the paper's Table 3, last row): a training step's peak
+    grows linearly with the length and not with the depth, beyond the new layers' weights,
+    gradients and Adam moments. Measured in fresh processes (resident set) on a small model;
+    the tolerances cover the allocator's page-sized steps (a few MiB at these sizes)."""
+    import functools
+
+    from longctx_lib.measure import peak_memory
+
+    def peak(length, n_layers=2):
+        config = ReformerConfig(vocab_size=256, d_model=64, n_heads=2, d_ff=256, n_layers=n_layers, n_hashes=2,
+                                chunk_size=32, max_length=16384, ff_chunk_size=1024, loss_chunk_size=1024)
+        return peak_memory(functools.partial(reformer_train_step, length, config=config), warmup=False)
+
+    p1, p2, p4 = peak(4096), peak(8192), peak(16384)
+    assert 1.6 <= (p4 - p2) / (p2 - p1) <= 2.5  # linear: twice the tokens added, twice the bytes
+    deep = peak(16384, n_layers=4)
+    layer = ReformerLM(ReformerConfig(vocab_size=256, d_model=64, n_heads=2, d_ff=256, n_layers=1,
+                                      max_length=16384)).stack.blocks[0]
+    state = 4 * 4 * sum(p.numel() for p in layer.parameters())  # float32 weights, grads, two Adam moments
+    assert deep - p4 <= 2 * state + 0.1 * p4  # two more layers: their state, not their activations
