@@ -18,6 +18,7 @@ settings for this course only (e.g. a short per-cell timeout for a test).
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,37 @@ def well_formed_grades(path: Path) -> tuple[nbformat.NotebookNode, dict[str, nbf
     grades = graded_cells(nb)
     assert all(c.metadata["nbgrader"].get("points", 0) > 0 for c in grades.values()), "every test cell needs points"
     return nb, grades
+
+
+def check_assignment_layout(nb: nbformat.NotebookNode, grades: dict, assignment: str, *, total: int,
+                            autograded: int, parameters: list[str], exercises: dict | None = None) -> None:
+    """What every assignment's source notebook promises: the total stated at the top is
+    the sum of the points, the Colab badge opens the student notebook, non-answer cells
+    are locked, answer cells are not graded, hidden tests hand their cases to the
+    grader, the first code cell is the tagged ``parameters`` cell with ``parameters``, and
+    each heading of ``exercises`` (``{number: grade_ids}``) states its test cells' points."""
+    points = sum(c.metadata["nbgrader"]["points"] for c in grades.values())
+    auto = sum(c.metadata["nbgrader"]["points"] for c in grades.values() if c.cell_type == "code")
+    stated = re.search(r"\*\*Total: (\d+) points\*\*: (\d+) autograded", nb.cells[0].source)
+    assert stated and (int(stated[1]), int(stated[2])) == (points, auto) == (total, autograded), (
+        stated and stated.groups(), points, auto)
+    for number, cells in (exercises or {}).items():
+        points = sum(grades[c].metadata["nbgrader"]["points"] for c in cells)
+        assert any(c.source.startswith(f"## Exercise {number} ({points} points") for c in nb.cells), number
+    assert f"blob/main/notebooks/{assignment}/{assignment}.ipynb" in nb.cells[0].source
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader")
+        if meta and not meta["solution"]:
+            assert meta["locked"], f"{meta['grade_id']} must be locked"
+        if meta and meta["solution"] and cell.cell_type == "code":
+            assert not meta["grade"], f"{meta['grade_id']}: answer cells are graded by the test cells"
+        # Hidden tests hand their cases to the grader; prompts never sit in answer cells.
+        if meta and meta["grade"] and cell.cell_type == "code":
+            assert "### BEGIN HIDDEN TESTS" in cell.source and "_check(" in cell.source, meta["grade_id"]
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in first.metadata.get("tags", [])
+    for name in parameters:
+        assert name in first.source, name
 
 
 def grade_suite(tmp_path: Path, monkeypatch, suite: str, fn) -> list:

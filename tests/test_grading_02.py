@@ -15,8 +15,6 @@ autograded once and shared by the tests that read its scores.
 
 from __future__ import annotations
 
-import re
-
 import nbformat
 import pytest
 from grading_helpers import (
@@ -24,6 +22,7 @@ from grading_helpers import (
     answer_cells,
     assert_student_matches_generated,
     cached_grader,
+    check_assignment_layout,
     printed_output,
     well_formed_grades,
 )
@@ -125,26 +124,10 @@ def test_student_notebook_matches_generated():
 def test_source_notebook_is_well_formed():
     nb, grades = well_formed_grades(SOURCE)
     assert set(grades) >= HASH | SORT | CHUNK | COMBINE | {"ex5_answer"}
-    total = sum(c.metadata["nbgrader"]["points"] for c in grades.values())
-    auto = sum(c.metadata["nbgrader"]["points"] for c in grades.values() if c.cell_type == "code")
-    stated = re.search(r"\*\*Total: (\d+) points\*\*: (\d+) autograded", nb.cells[0].source)
-    assert stated and (int(stated[1]), int(stated[2])) == (total, auto) == (19, AUTOGRADED_POINTS), (
-        stated and stated.groups(), total, auto)
-    # The Colab badge opens this assignment's student notebook.
-    assert f"blob/main/notebooks/{ASSIGNMENT}/{ASSIGNMENT}.ipynb" in nb.cells[0].source
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader")
-        if meta and not meta["solution"]:
-            assert meta["locked"], f"{meta['grade_id']} must be locked"
-        if meta and meta["solution"] and cell.cell_type == "code":
-            assert not meta["grade"], f"{meta['grade_id']}: answer cells are graded by the test cells"
-        # Hidden tests hand their cases to the grader; prompts never sit in answer cells.
-        if meta and meta["grade"] and cell.cell_type == "code":
-            assert "### BEGIN HIDDEN TESTS" in cell.source and "_check(" in cell.source, meta["grade_id"]
-    first = next(c for c in nb.cells if c.cell_type == "code")
-    assert "parameters" in first.metadata.get("tags", [])
-    for name in ('DEVICE = "auto"', "LENGTH = ", "CHUNK_SIZE = ", "ROUNDS = ", "DUP_SEQUENCES = "):
-        assert name in first.source
+    check_assignment_layout(
+        nb, grades, ASSIGNMENT, total=19, autograded=AUTOGRADED_POINTS,
+        parameters=['DEVICE = "auto"', "LENGTH = ", "CHUNK_SIZE = ", "ROUNDS = ", "DUP_SEQUENCES = "],
+    )
     # The demonstrations stay light while nbgrader grades; the optional toy table is skipped.
     cells = {c.get("id"): c.source for c in nb.cells}
     assert 'GRADING = os.environ.get("NBGRADER_EXECUTION") is not None' in cells["assemble"]

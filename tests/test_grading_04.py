@@ -25,7 +25,6 @@ once and shared by the tests that read its scores.
 from __future__ import annotations
 
 import contextlib
-import re
 
 import nbformat
 import pytest
@@ -36,6 +35,7 @@ from grading_helpers import (
     answer_cells,
     assert_student_matches_generated,
     cached_grader,
+    check_assignment_layout,
     grade_suite,
     printed_output,
     well_formed_grades,
@@ -564,32 +564,11 @@ def test_student_notebook_matches_generated():
 def test_source_notebook_is_well_formed():
     nb, grades = well_formed_grades(SOURCE)
     assert set(grades) == FORWARD | BACKWARD | CE_FORWARD | CE_BACKWARD | BLOCK | {"ex6_answer"}
-    total = sum(c.metadata["nbgrader"]["points"] for c in grades.values())
-    auto = sum(c.metadata["nbgrader"]["points"] for c in grades.values() if c.cell_type == "code")
-    stated = re.search(r"\*\*Total: (\d+) points\*\*: (\d+) autograded", nb.cells[0].source)
-    assert stated and (int(stated[1]), int(stated[2])) == (total, auto) == (16, AUTOGRADED_POINTS), (
-        stated and stated.groups(), total, auto)
-    # Each exercise's heading states the points of its test cells.
-    exercises = {1: FORWARD, 2: BACKWARD, 3: CE_FORWARD, 4: CE_BACKWARD, 5: BLOCK, 6: {"ex6_answer"}}
-    for number, cells in exercises.items():
-        points = sum(grades[c].metadata["nbgrader"]["points"] for c in cells)
-        assert any(c.source.startswith(f"## Exercise {number} ({points} points") for c in nb.cells), number
-    # The Colab badge opens this assignment's student notebook.
-    assert f"blob/main/notebooks/{ASSIGNMENT}/{ASSIGNMENT}.ipynb" in nb.cells[0].source
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader")
-        if meta and not meta["solution"]:
-            assert meta["locked"], f"{meta['grade_id']} must be locked"
-        if meta and meta["solution"] and cell.cell_type == "code":
-            assert not meta["grade"], f"{meta['grade_id']}: answer cells are graded by the test cells"
-        # Hidden tests hand their cases to the grader; prompts never sit in answer cells.
-        if meta and meta["grade"] and cell.cell_type == "code":
-            assert "### BEGIN HIDDEN TESTS" in cell.source and "_check(" in cell.source, meta["grade_id"]
-    first = next(c for c in nb.cells if c.cell_type == "code")
-    assert "parameters" in first.metadata.get("tags", [])
-    for name in ('DEVICE = "auto"', "LENGTH = ", "D_MODEL = ", "N_LAYERS = ", "CHUNK = ", "REPEATS = ",
-                 "PEAK_MEMORY = "):
-        assert name in first.source
+    check_assignment_layout(
+        nb, grades, ASSIGNMENT, total=16, autograded=AUTOGRADED_POINTS,
+        parameters=['DEVICE = "auto"', "LENGTH = ", "D_MODEL = ", "N_LAYERS = ", "CHUNK = ", "REPEATS = ", "PEAK_MEMORY = "],
+        exercises={1: FORWARD, 2: BACKWARD, 3: CE_FORWARD, 4: CE_BACKWARD, 5: BLOCK, 6: {"ex6_answer"}},
+    )
     # The measurements stay light while nbgrader grades, and skip the peak memory (child processes).
     cells = {c.get("id"): c.source for c in nb.cells}
     assert 'GRADING = os.environ.get("NBGRADER_EXECUTION") is not None' in cells["setup"]
