@@ -27,7 +27,18 @@ from pathlib import Path
 import nbformat
 from nbhelpers import REPO, load_script
 
-__all__ = ["Course", "GradedSubmission", "answer_cells", "graded_cells", "cached_grader"]
+__all__ = [
+    "Course",
+    "GradedSubmission",
+    "answer_cells",
+    "assert_student_matches_generated",
+    "cached_grader",
+    "check_assignment_layout",
+    "grade_suite",
+    "graded_cells",
+    "printed_output",
+    "well_formed_grades",
+]
 
 
 def printed_output(nb: nbformat.NotebookNode, cell_id: str) -> str:
