@@ -14,8 +14,9 @@ the ``(length x vocab)`` logits never exist, only one chunk's at a time, plus on
 log-sum-exp per position kept for backward.
 
 Both work inside :class:`~longctx_lib.reversible.ReversibleSequence`'s backward pass,
-which recomputes ``g`` with autograd on: the chunked function is then recomputed chunk
-by chunk a second time, and peak memory stays that of one chunk.
+which recomputes ``g`` knowing the gradient of its output: :class:`ChunkedFeedForward`
+then runs each chunk forward and backward once (``forward_backward``), and peak memory
+stays that of one chunk.
 """
 
 from __future__ import annotations
@@ -199,6 +200,45 @@ class ChunkedFeedForward(nn.Module):
         if self.chunk_size is None:
             return self.ff(x)
         return apply_chunked(self.ff, x, chunk_size=self.chunk_size)
+
+    def forward_backward(self, x: Tensor, grad_out: Tensor
+                         ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor | None]]]:
+        """The output for ``x`` and the gradients for ``grad_out``, a chunk at a time; both ``(B, L, d_model)``.
+
+        Used by the reversible backward pass, which knows ``grad_out`` before it
+        recomputes this layer: each chunk runs forward and backward once (the forward
+        pass of every chunk for the value, then the chunked backward pass, would run each
+        chunk twice). Chunks run in order, so dropout draws the forward pass's masks.
+        Returns ``(output, d x, [(parameter, gradient), ...])``.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (batch, length, d); got {got}")
+        if not isinstance(grad_out, Tensor) or grad_out.dim() != 3 or grad_out.shape[:2] != x.shape[:2]:
+            got = tuple(grad_out.shape) if isinstance(grad_out, Tensor) else type(grad_out).__name__
+            raise ValueError(f"grad_out must be the gradient of the output, of shape ({x.shape[0]}, "
+                             f"{x.shape[1]}, d_out) for x of shape {tuple(x.shape)}; got {got}")
+        params = [p for p in self.ff.parameters() if p.requires_grad]
+        length = x.shape[1]
+        spans = _spans(length, self.chunk_size) if self.chunk_size is not None else [slice(0, length)]
+        value, dx, grads = None, None, [None] * len(params)
+        for span in spans:
+            with torch.enable_grad():
+                xc = x[:, span].detach().requires_grad_(True)
+                out = self.ff(xc)
+                found = torch.autograd.grad(out, [xc, *params], grad_out[:, span], allow_unused=True)
+            if len(spans) == 1:
+                value, dx = out.detach(), found[0]
+            else:
+                if value is None:
+                    value, dx = out.new_empty(x.shape[:2] + out.shape[2:]), torch.zeros_like(x)
+                value[:, span] = out.detach()
+                if found[0] is not None:
+                    dx[:, span] = found[0]
+            _accumulate(grads, found[1:], grad_out)
+        if dx is None:
+            dx = torch.zeros_like(x)
+        return value, dx, list(zip(params, grads))
 
 
 # --------------------------------------------------------------------------- the loss

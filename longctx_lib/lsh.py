@@ -612,7 +612,6 @@ def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor,
     # per row: [dO | lse | delta], gathered together for each tile
     extra = torch.cat([grad_out, lse[:, None], delta], dim=-1)
     grad = torch.zeros_like(rows)
-    dq_part, dk_part, dv_part = grad[:, :d], grad[:, d : 2 * d], grad[:, 2 * d :]
     for r in range(len(plan.qrows)):
         for part, qrows, krows, earlier in _tiles(plan, r, tile):
             sq, keys, values = _tile_inputs(plan, rows, qrows, krows, d)
@@ -626,12 +625,13 @@ def _tiled_backward(plan: _Plan, rows: Tensor, d: int, out: Tensor, lse: Tensor,
             dq = torch.bmm(ds[:, :, :m], keys[0])  # (T, m, d)
             if len(keys) == 2:
                 dq.baddbmm_(ds[:, :, m:], keys[1])
-            dq_part.index_add_(0, qrows.reshape(-1), dq.view(-1, d))
-            for half in range(len(keys)):  # half 1's keys are the previous chunk's rows
+            for half in range(len(keys)):  # half 0's keys are the tile's query rows; half 1's the previous chunks'
                 cols = slice(half * m, (half + 1) * m)
-                targets = krows[:, cols].reshape(-1)
-                dk_part.index_add_(0, targets, torch.bmm(ds[:, :, cols].transpose(1, 2), sq).view(-1, d))
-                dv_part.index_add_(0, targets, torch.bmm(p[:, :, cols].transpose(1, 2), do).view(-1, dv_size))
+                dk = torch.bmm(ds[:, :, cols].transpose(1, 2), sq)  # (T, m, d)
+                dv = torch.bmm(p[:, :, cols].transpose(1, 2), do)  # (T, m, dv)
+                # whole rows [dq | dk | dv] in one scatter (contiguous rows add faster than three column slices)
+                whole = torch.cat([dq if half == 0 else torch.zeros_like(dq), dk, dv], dim=-1)
+                grad.index_add_(0, krows[:, cols].reshape(-1), whole.view(-1, whole.shape[-1]))
     return grad
 
 

@@ -276,24 +276,53 @@ def _block_backward(block: ReversibleBlock, rec_f: _Record, rec_g: _Record, y1: 
     into them in place: the stack's activations and gradients then take four tensors'
     worth of memory at every depth.
     """
-    with torch.enable_grad():
-        y1 = y1.detach().requires_grad_(True)
-        with rec_g.replay():
-            gy = block.g(y1)  # g(y1), recomputed with the forward pass's random state
-        d = _grads(gy, dy2, y1, block.g, index, grads)
-        dy1 = dy1.add_(d) if own else dy1 + d  # y1 fed g as well as the output
-        with torch.no_grad():
-            x2 = y2.sub_(gy) if own else y2 - gy  # reconstruct x2
-        del gy, d  # free memory as early as possible: the peak is inside f's backward below
-        x2 = x2.detach().requires_grad_(True)
-        with rec_f.replay():
-            fx = block.f(x2)
-        d = _grads(fx, dy1, x2, block.f, index, grads)
-        dx2 = dy2.add_(d) if own else dy2 + d
-        del d
     y1 = y1.detach()
-    x1 = y1.sub_(fx.detach()) if own else y1 - fx.detach()  # reconstruct x1
-    return x1, x2.detach(), dy1, dx2
+    gy, d = _forward_backward(block.g, y1, dy2, rec_g, index, grads)  # g(y1) and its input gradient
+    dy1 = dy1.add_(d) if own else dy1 + d  # y1 fed g as well as the output
+    x2 = y2.sub_(gy) if own else y2 - gy  # reconstruct x2
+    del gy, d  # free memory as early as possible: the peak is inside f's backward below
+    fx, d = _forward_backward(block.f, x2, dy1, rec_f, index, grads)
+    dx2 = dy2.add_(d) if own else dy2 + d
+    del d
+    x1 = y1.sub_(fx) if own else y1 - fx  # reconstruct x1
+    return x1, x2, dy1, dx2
+
+
+def _forward_backward(fn: nn.Module, x: Tensor, grad_out: Tensor, record: _Record, index: dict[int, int],
+                      grads: list[Tensor | None]) -> tuple[Tensor, Tensor]:
+    """``fn(x)`` recomputed as in the forward pass, and ``d x``; ``fn``'s parameter gradients go into ``grads``.
+
+    The output gradient is known before the recomputation starts, so a module that
+    computes its output in pieces (chunks, heads) can back-propagate each piece right
+    after computing it: its ``forward_backward(x, grad_out)`` method returns
+    ``(value, d x, [(parameter, gradient), ...])`` from one forward and one backward
+    pass of every piece, or ``None`` when it cannot (then, and for every other module,
+    autograd recomputes the output and back-propagates through it: a module that
+    recomputes pieces in its own backward pass would run its forward twice).
+    """
+    fused = getattr(fn, "forward_backward", None)
+    with record.replay():
+        result = fused(x, grad_out) if callable(fused) else None
+        if result is None:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                out = fn(xg)
+    if result is None:
+        with torch.enable_grad():
+            d = _grads(out, grad_out, xg, fn, index, grads)
+        return out.detach(), d
+    value, d, found = result
+    for p, g in found:
+        if g is not None and id(p) in index:
+            i = index[id(p)]
+            grads[i] = g if grads[i] is None else grads[i].add_(g)
+    return value, d
+
+
+def _check_grad_out(grad_out: object, shape: tuple[int, ...]) -> None:
+    if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != tuple(shape):
+        got = tuple(grad_out.shape) if isinstance(grad_out, Tensor) else type(grad_out).__name__
+        raise ValueError(f"grad_out must be the gradient of the output, of shape {tuple(shape)}; got {got}")
 
 
 def _grads(out: Tensor, grad_out: Tensor, x: Tensor, module: nn.Module, index: dict[int, int],
@@ -450,28 +479,72 @@ class NormAttention(nn.Module):
             return self.attn(h, causal=self.causal, rotations=rotations, buckets=buckets, return_buckets=True)
         from .chunking import apply_summed  # chunking builds on this module
 
+        found = list(buckets.unbind(1)) if buckets is not None else [None] * self.attn.n_heads  # each (B, R, L)
+        y = apply_summed(lambda x, i: self._head(x, i, found, rotations), h, self.attn.n_heads,
+                         params=list(self.attn.parameters()))
+        return y, torch.stack(found, dim=1)
+
+    def _head(self, x: Tensor, i: int, found: list[Tensor | None], rotations: Tensor | None) -> Tensor:
+        """Head ``i``'s share of the output ``(B, L, d_model)``; its buckets ``(B, R, L)`` go into ``found[i]``."""
         attn = self.attn
         width = attn.d_model // attn.n_heads
-        found = list(buckets.unbind(1)) if buckets is not None else [None] * attn.n_heads  # each (B, R, L)
+        rows = slice(i * width, (i + 1) * width)
+        # one product for the head's queries/keys and values: one (B, L, d_model) input gradient
+        weight = torch.cat([attn.qk.weight[rows], attn.v.weight[rows]])  # (2 width, d_model)
+        bias = None if attn.qk.bias is None else torch.cat([attn.qk.bias[rows], attn.v.bias[rows]])
+        qk, v = F.linear(x, weight, bias)[:, None].split(width, dim=-1)  # (B, 1, L, width) each
+        known = found[i]
+        y, bk = lsh_attention(qk, v, n_buckets=self._n_buckets(x), n_hashes=attn.n_hashes,
+                              chunk_size=attn.chunk_size, causal=self.causal,
+                              rotations=rotations if known is None else None,
+                              buckets=None if known is None else known[:, None],
+                              count_duplicates=attn.count_duplicates, return_buckets=True)
+        found[i] = bk[:, 0]
+        bias = attn.out.bias if i == 0 else None  # the output bias once
+        return F.linear(y[:, 0], attn.out.weight[:, rows], bias)
 
-        def head(x: Tensor, i: int) -> Tensor:  # head i's share of the output, (B, L, d_model)
-            rows = slice(i * width, (i + 1) * width)
-            # one product for the head's queries/keys and values: one (B, L, d_model) input gradient
-            weight = torch.cat([attn.qk.weight[rows], attn.v.weight[rows]])  # (2 width, d_model)
-            bias = None if attn.qk.bias is None else torch.cat([attn.qk.bias[rows], attn.v.bias[rows]])
-            qk, v = F.linear(x, weight, bias)[:, None].split(width, dim=-1)  # (B, 1, L, width) each
-            known = found[i]
-            y, bk = lsh_attention(qk, v, n_buckets=self._n_buckets(x), n_hashes=attn.n_hashes,
-                                  chunk_size=attn.chunk_size, causal=self.causal,
-                                  rotations=rotations if known is None else None,
-                                  buckets=None if known is None else known[:, None],
-                                  count_duplicates=attn.count_duplicates, return_buckets=True)
-            found[i] = bk[:, 0]
-            bias = attn.out.bias if i == 0 else None  # the output bias once
-            return F.linear(y[:, 0], attn.out.weight[:, rows], bias)
+    def forward_backward(self, x: Tensor, grad_out: Tensor
+                         ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor | None]]] | None:
+        """The output for ``x`` and the gradients for ``grad_out``, one head at a time; both ``(B, L, d_model)``.
 
-        y = apply_summed(head, h, attn.n_heads, params=list(attn.parameters()))
-        return y, torch.stack(found, dim=1)
+        Used by the reversible backward pass (which knows ``grad_out`` before it
+        recomputes this layer): each head runs forward and backward once, instead of a
+        forward pass of all heads for the value followed by
+        :func:`~longctx_lib.chunking.apply_summed`'s backward, which runs every head
+        again. Returns ``None`` (recompute the ordinary way) unless the heads run one at
+        a time with buckets known from the forward pass and no active output dropout
+        (whose mask would be needed before the first head's backward).
+        """
+        _check_x(x, self.norm.normalized_shape[0])
+        _check_grad_out(grad_out, x.shape[:2] + (self.norm.normalized_shape[0],))
+        if not self.one_head_at_a_time or (self.training and isinstance(self.drop, nn.Dropout)):
+            return None
+        n_heads = self.attn.n_heads
+        if self.kind == "local":
+            buckets = torch.zeros(x.shape[0], n_heads, 1, x.shape[1], dtype=torch.long, device=x.device)
+        else:
+            buckets = replayed("buckets")
+            if buckets is None:  # not inside a reversible backward pass
+                return None
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            h = self.norm(xg)
+        hd = h.detach().requires_grad_(True)
+        params = [p for p in self.attn.parameters() if p.requires_grad]
+        found, value = list(buckets.unbind(1)), None
+        dh: list[Tensor | None] = [None] * (len(params) + 1)
+        for i in range(n_heads):
+            with torch.enable_grad():
+                out = self._head(hd, i, found, None)
+                got = torch.autograd.grad(out, [hd, *params], grad_out, allow_unused=True)
+            value = out.detach() if value is None else value.add_(out.detach())
+            for j, g in enumerate(got):
+                if g is not None:
+                    dh[j] = g if dh[j] is None else dh[j].add_(g)
+        norm_params = [p for p in self.norm.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            got = torch.autograd.grad(h, [xg, *norm_params], dh[0])
+        return value, got[0], list(zip([*params, *norm_params], [*dh[1:], *got[1:]]))
 
 
 class NormFeedForward(nn.Module):

@@ -312,6 +312,8 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("chunking.apply_chunked", "x is 2-D", lambda: longctx_lib.chunking.apply_chunked(torch.nn.Identity(), T(4, 8), chunk_size=2), ValueError, r"\bx\b", ()),
     ("chunking.apply_chunked", "chunk_size 0", lambda: longctx_lib.chunking.apply_chunked(torch.nn.Identity(), T(1, 4, 8), chunk_size=0), ValueError, r"chunk_size", ()),
     ("chunking.ChunkedFeedForward", "ff is a function", lambda: longctx_lib.chunking.ChunkedFeedForward(lambda x: x, chunk_size=2), TypeError, r"\bff\b", ()),
+    ("chunking.ChunkedFeedForward", "forward_backward with grad_out of another length", lambda: longctx_lib.chunking.ChunkedFeedForward(torch.nn.Linear(8, 8), chunk_size=2).forward_backward(T(1, 4, 8), T(1, 5, 8)), ValueError, r"grad_out", ()),
+    ("reversible.NormAttention", "forward_backward with grad_out of another width", lambda: longctx_lib.reversible.NormAttention(8, 2, one_head_at_a_time=True).forward_backward(T(1, 4, 8), T(1, 4, 6)), ValueError, r"grad_out", ()),
     ("chunking.ChunkedFeedForward", "chunk_size 2.5", lambda: longctx_lib.chunking.ChunkedFeedForward(torch.nn.Identity(), chunk_size=2.5), ValueError, r"chunk_size", ()),
     ("chunking.chunked_cross_entropy", "weight width differs", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 6), torch.zeros(1, 4, dtype=torch.long)), ValueError, r"\bweight\b", ()),
     ("chunking.chunked_cross_entropy", "float targets", lambda: longctx_lib.chunking.chunked_cross_entropy(T(1, 4, 8), T(5, 8), T(1, 4)), TypeError, r"targets", ()),

@@ -150,3 +150,20 @@ def test_apply_summed_part_returning_its_input():
     (gx,) = torch.autograd.grad(y, x, gy)
     assert torch.equal(gy, keep)
     assert (gx - 5 * gy).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [5, None, 64])
+def test_chunked_feed_forward_forward_backward_equals_autograd(chunk):
+    """``forward_backward`` (what the reversible backward pass calls): the output, the
+    input gradient and every parameter's gradient, one forward and backward per chunk."""
+    torch.manual_seed(0)
+    ff = ChunkedFeedForward(FeedForward(8, 32), chunk_size=chunk).double()
+    x = torch.randn(2, 23, 8, dtype=torch.float64)
+    gy = torch.randn(2, 23, 8, dtype=torch.float64)
+    value, dx, found = ff.forward_backward(x, gy)
+    xg = x.clone().requires_grad_(True)
+    out = ff.ff(xg)
+    params = [p for p, _ in found]
+    assert [id(p) for p in params] == [id(p) for p in ff.parameters()]
+    expected = torch.autograd.grad(out, [xg, *params], gy)
+    assert max_diff([value, dx, *(g for _, g in found)], [out, *expected]) < 1e-12

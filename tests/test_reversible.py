@@ -356,3 +356,64 @@ def test_private_outputs_leave_nothing_else_changed():
         unchanged = torch.equal(y1, kept[0]) and torch.equal(g1, incoming[0]) and torch.equal(g2, incoming[1])
         assert unchanged != private
     assert max((a - b).abs().max().item() for a, b in zip(grads[False], grads[True])) < 1e-12
+
+
+def test_backward_runs_each_chunk_and_head_once(monkeypatch):
+    """The reversible backward pass knows each layer's output gradient before it
+    recomputes the layer, so a chunked feed-forward and head-at-a-time attention run
+    every chunk and every head forward once in backward (``forward_backward``), not
+    once for the value and again in their own backward pass: two runs per training step
+    in all, and the same gradients as an ordinary stack."""
+    from longctx_lib.chunking import ChunkedFeedForward
+
+    calls = {"head": 0, "chunk": 0}
+    original_head = NormAttention._head
+
+    def counted_head(self, *args, **kwargs):
+        calls["head"] += 1
+        return original_head(self, *args, **kwargs)
+
+    monkeypatch.setattr(NormAttention, "_head", counted_head)
+    torch.manual_seed(0)
+    length, chunk, layers = 19, 4, 2
+    blocks = []
+    for _ in range(layers):
+        ff = NormFeedForward(D, FF)
+        ff.register_forward_hook(lambda *_: calls.__setitem__("chunk", calls["chunk"] + 1))
+        blocks.append(ReversibleBlock(NormAttention(D, HEADS, one_head_at_a_time=True, **LSH),
+                                      ChunkedFeedForward(ff, chunk_size=chunk)))
+    seq = ReversibleSequence(blocks).double()
+    x = torch.randn(2, length, D, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for mode in ("reversible", "ordinary"):
+        seq.mode = mode
+        calls.update(head=0, chunk=0)
+        torch.manual_seed(7)
+        y1, y2 = seq(x)
+        grads[mode] = torch.autograd.grad((y1 * y2).sum(), [x, *seq.parameters()])
+        if mode == "reversible":
+            n_chunks = -(-length // chunk)
+            assert calls == {"head": 2 * HEADS * layers, "chunk": 2 * n_chunks * layers}
+    assert max_diff(grads["reversible"], grads["ordinary"]) < 1e-12
+
+
+def test_forward_backward_declines_where_it_cannot_fuse():
+    """Outside a reversible backward pass LSH attention has no recorded buckets, and
+    active output dropout would need its mask before the first head's backward: both
+    return ``None`` (recompute the ordinary way). Local attention needs no buckets and
+    matches autograd."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 12, D, dtype=torch.float64)
+    gy = torch.randn(1, 12, D, dtype=torch.float64)
+    assert NormAttention(D, HEADS, one_head_at_a_time=True, **LSH).double().forward_backward(x, gy) is None
+    dropping = NormAttention(D, HEADS, attention="local", chunk_size=4, dropout=0.2, one_head_at_a_time=True)
+    assert dropping.double().forward_backward(x, gy) is None
+    assert NormAttention(D, HEADS, attention="local", chunk_size=4).double().forward_backward(x, gy) is None
+    local = NormAttention(D, HEADS, attention="local", chunk_size=4, one_head_at_a_time=True).double()
+    value, dx, found = local.forward_backward(x, gy)
+    xg = x.clone().requires_grad_(True)
+    out = local(xg)
+    params = [p for p, _ in found]
+    expected = torch.autograd.grad(out, [xg, *params], gy)
+    assert sorted(map(id, params)) == sorted(id(p) for p in local.parameters())
+    assert max_diff([value, dx, *(g for _, g in found)], [out, *expected]) < 1e-12
