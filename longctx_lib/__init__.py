@@ -15,10 +15,26 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.reformer` - the assembled Reformer language model (ch. 4)
 - :mod:`longctx_lib.text` - real text without a download: the standard library's source (ch. 4)
 - :mod:`longctx_lib.charlm` - character-level training in bits per character (ch. 4)
+- :mod:`longctx_lib.infini` - Infini-attention: compressive memory, learned gate, streaming (ch. 5)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
-from . import attention, charlm, chunking, costs, device, duplication, lsh, measure, reformer, reversible, tasks, text, transformer
+from . import (
+    attention,
+    charlm,
+    chunking,
+    costs,
+    device,
+    duplication,
+    infini,
+    lsh,
+    measure,
+    reformer,
+    reversible,
+    tasks,
+    text,
+    transformer,
+)
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .device import resolve_device
 from .lsh import LSHSelfAttention, hash_vectors, lsh_attention
@@ -40,6 +56,7 @@ __all__ = [
     "reformer",
     "text",
     "charlm",
+    "infini",
     "MultiHeadAttention",
     "LSHSelfAttention",
     "ReversibleBlock",

@@ -1,7 +1,8 @@
 """Synthetic long-context tasks, generated on the fly (nothing to download).
 
-Chapter 2 uses the Reformer paper's duplication task; later chapters add their own
-tasks here so that chapter 7 can compare every method on the same data.
+Chapter 2 uses the Reformer paper's duplication task; chapter 5 adds passkey retrieval
+(Infini-attention's test); later chapters add their own tasks here so that chapter 7 can
+compare every method on the same data.
 """
 
 from __future__ import annotations
@@ -11,7 +12,18 @@ from torch import Tensor
 
 from .device import resolve_device
 
-__all__ = ["duplication_batch", "duplication_targets_mask", "duplication_accuracy"]
+__all__ = [
+    "duplication_batch",
+    "duplication_targets_mask",
+    "duplication_accuracy",
+    "PASSKEY_VOCAB",
+    "KEY_TOKEN",
+    "QUERY_TOKEN",
+    "FILLER_TOKENS",
+    "passkey_batch",
+    "passkey_targets_mask",
+    "passkey_accuracy",
+]
 
 
 def _check_length(length: int) -> None:
@@ -80,3 +92,100 @@ def duplication_accuracy(logits: Tensor, tokens: Tensor) -> float:
     mask = duplication_targets_mask(tokens.shape[1]).to(tokens.device)
     hits = logits[:, :-1].argmax(-1) == tokens[:, 1:]  # (batch, length - 1)
     return hits[:, mask].float().mean().item()
+
+
+# --------------------------------------------------------------------------- passkey retrieval
+PASSKEY_VOCAB = 16
+"""Token ids of the passkey task: digits ``0 .. 9``, the two markers, four filler tokens."""
+KEY_TOKEN = 10
+"""Marks the passkey ("the pass key is ...")."""
+QUERY_TOKEN = 11
+"""Asks for it at the end ("what is the pass key? ...")."""
+FILLER_TOKENS = (12, 13, 14, 15)
+"""The filler, repeated in this order ("the grass is green. the sky is blue. ...")."""
+
+
+def _check_positive(name: str, n: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive integer; got {n!r}")
+
+
+def _check_passkey_length(length: object, n_digits: int) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2 * (n_digits + 1):
+        raise ValueError(f"length must be an integer >= {2 * (n_digits + 1)} (the key and the question, "
+                         f"{n_digits + 1} tokens each); got {length!r}")
+
+
+def passkey_batch(
+    batch: int,
+    length: int,
+    *,
+    n_digits: int = 5,
+    depth: float | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Passkey retrieval: a number hidden in filler, asked for at the end.
+
+    Each sequence is filler (the four :data:`FILLER_TOKENS` repeated from a random
+    phase), with ``KEY d1 .. dn`` inserted at relative ``depth`` (0: the start, 1: just
+    before the question; ``None``: uniform per sequence), and ending in the question
+    ``QUERY d1 .. dn``. A model has read the key when it predicts the final ``n_digits``
+    digits (scored by :func:`passkey_accuracy`). Infini-attention's paper fine-tunes on
+    such sequences and evaluates at up to 1M tokens.
+
+    Returns:
+        tokens ``(batch, length)`` int64, and the position of each ``KEY`` token ``(batch,)``.
+    """
+    _check_positive("batch", batch)
+    _check_positive("n_digits", n_digits)
+    _check_passkey_length(length, n_digits)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, (int, float))
+                              or not 0.0 <= depth <= 1.0):
+        raise ValueError(f"depth must be None (random) or a number in [0, 1]; got {depth!r}")
+    device = resolve_device(device) if device is not None else None
+    block = n_digits + 1
+    room = length - 2 * block  # the last possible start of the key block
+    filler = torch.tensor(FILLER_TOKENS)
+    phase = torch.randint(0, len(FILLER_TOKENS), (batch, 1), generator=generator)
+    tokens = filler[(torch.arange(length) + phase) % len(FILLER_TOKENS)]  # (batch, length)
+    digits = torch.randint(0, 10, (batch, n_digits), generator=generator)
+    if depth is None:
+        start = torch.randint(0, room + 1, (batch,), generator=generator)
+    else:
+        start = torch.full((batch,), round(depth * room), dtype=torch.long)
+    rows = torch.arange(batch)[:, None]
+    tokens[rows, start[:, None] + torch.arange(block)] = torch.cat(
+        [torch.full((batch, 1), KEY_TOKEN), digits], dim=1)
+    tokens[:, length - block] = QUERY_TOKEN
+    tokens[:, length - n_digits:] = digits
+    return tokens.to(device), start.to(device)
+
+
+def passkey_targets_mask(length: int, n_digits: int = 5) -> Tensor:
+    """Bool ``(length - 1,)``: the next-token predictions that are scored, those of the answer's digits."""
+    _check_positive("n_digits", n_digits)
+    _check_passkey_length(length, n_digits)
+    mask = torch.zeros(length - 1, dtype=torch.bool)
+    mask[length - 1 - n_digits:] = True  # predictions made at positions length-n-1 .. length-2
+    return mask
+
+
+def passkey_accuracy(logits: Tensor, tokens: Tensor, n_digits: int = 5, *, per_digit: bool = False) -> float:
+    """Fraction of sequences whose every answer digit is predicted exactly (greedy).
+
+    Args:
+        logits: ``(batch, length, vocab)`` next-token logits (only the last
+            ``n_digits + 1`` positions are read).
+        tokens: ``(batch, length)`` from :func:`passkey_batch`.
+        per_digit: score digits one by one instead of whole passkeys.
+    """
+    for name, t in (("logits", logits), ("tokens", tokens)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if logits.dim() != 3 or tokens.dim() != 2 or logits.shape[:2] != tokens.shape:
+        raise ValueError("logits must be (batch, length, vocab) and tokens (batch, length) with the same "
+                         f"batch and length; got {tuple(logits.shape)} and {tuple(tokens.shape)}")
+    mask = passkey_targets_mask(tokens.shape[1], n_digits).to(tokens.device)
+    hits = (logits[:, :-1].argmax(-1) == tokens[:, 1:])[:, mask]  # (batch, n_digits)
+    return (hits.float().mean() if per_digit else hits.all(dim=1).float().mean()).item()
