@@ -16,6 +16,7 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.text` - real text without a download: the standard library's source (ch. 4)
 - :mod:`longctx_lib.charlm` - character-level training in bits per character (ch. 4)
 - :mod:`longctx_lib.infini` - Infini-attention: compressive memory, learned gate, streaming (ch. 5)
+- :mod:`longctx_lib.passkey` - passkey retrieval with Infini-attention: linear vs delta memory, the gate's learning rate (ch. 5)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
@@ -29,6 +30,7 @@ from . import (
     infini,
     lsh,
     measure,
+    passkey,
     reformer,
     reversible,
     tasks,
@@ -57,6 +59,7 @@ __all__ = [
     "text",
     "charlm",
     "infini",
+    "passkey",
     "MultiHeadAttention",
     "LSHSelfAttention",
     "ReversibleBlock",

@@ -35,6 +35,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import resolve_device, synchronize
 from .transformer import FeedForward, _check_x
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "InfiniAttention",
     "InfiniBlock",
     "InfiniTransformer",
+    "streaming_run",
 ]
 
 RULES = ("linear", "delta")
@@ -323,6 +326,40 @@ class InfiniTransformer(nn.Module):
             _check_tokens(part, self.embed.num_embeddings)
             logits, memories = self.segment(part, memories)
             yield logits
+
+
+def streaming_run(length: int, *, vocab_size: int = 256, d_model: int = 128, n_heads: int = 4, d_ff: int = 512,
+                  n_layers: int = 2, segment_length: int = 512, rule: str = "linear",
+                  device: torch.device | str = "cpu", seed: int = 0) -> dict:
+    """Read ``length`` random tokens through a fresh :class:`InfiniTransformer` with :meth:`~InfiniTransformer.stream`.
+
+    The tokens are drawn one segment at a time, so not even the input exists whole: what
+    stays alive is the weights, one segment's activations and the memories. A workload
+    for :func:`~longctx_lib.measure.peak_memory` (module-level, so it can run in a fresh
+    process). Returns ``{"tokens", "seconds", "memory_bytes", "checksum"}`` (``checksum``:
+    the mean of the last segment's logits, to show the run computed something).
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive integer (tokens to read); got {length!r}")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model = InfiniTransformer(vocab_size, d_model, n_heads, d_ff, n_layers, segment_length=segment_length,
+                              rule=rule).to(dev).eval()
+    gen = torch.Generator(device=dev).manual_seed(seed)
+
+    def segments() -> Iterator[Tensor]:
+        for start in range(0, length, segment_length):
+            n = min(segment_length, length - start)
+            yield torch.randint(0, vocab_size, (1, n), generator=gen, device=dev)
+
+    begin = time.perf_counter()
+    logits = None
+    for logits in model.stream(segments()):
+        pass
+    synchronize(dev)
+    memory = n_layers * n_heads * ((d_model // n_heads) ** 2 + d_model // n_heads) * logits.element_size()
+    return {"tokens": length, "seconds": time.perf_counter() - begin, "memory_bytes": memory,
+            "checksum": float(logits.float().mean())}
 
 
 def _check_truncate(truncate: object) -> int | None:

@@ -9,6 +9,8 @@ normaliser, retrieval after the update, a positional encoding on the memory path
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -271,3 +273,13 @@ def test_float32_and_batch_follow_the_input():
     logits, memories = net(torch.randint(0, 20, (3, 10)))
     assert logits.shape == (3, 10, 20) and logits.dtype == torch.float32
     assert memories[0].shape == (3, 2, 8, 8)
+
+
+def test_streaming_run_reads_every_token_with_a_fixed_state():
+    from longctx_lib.infini import streaming_run
+
+    small = streaming_run(100, d_model=16, n_heads=2, d_ff=32, n_layers=2, segment_length=32)
+    large = streaming_run(1000, d_model=16, n_heads=2, d_ff=32, n_layers=2, segment_length=32)
+    assert small["tokens"] == 100 and large["tokens"] == 1000
+    assert small["memory_bytes"] == large["memory_bytes"] == 2 * 2 * (8 * 8 + 8) * 4
+    assert math.isfinite(large["checksum"]) and large["seconds"] > 0
