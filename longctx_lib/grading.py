@@ -57,6 +57,7 @@ from torch import nn
 from . import attention as _attention_module
 from . import chunking as _chunking_module
 from . import costs as _costs_module
+from . import infini as _infini_module
 from . import lsh as _lsh_module
 from . import reformer as _reformer_module
 from . import reversible as _reversible_module
@@ -1645,6 +1646,411 @@ for _name, _cases_fn in (("ce_backward_small", _ce_small_cases), ("ce_backward",
 for _name, _cases_fn in (("reformer_block_small", _block_small_cases), ("reformer_block", _block_cases)):
     _register(Suite(_name, _cases_fn, _block_run, _ref_block, _block_compare, _block_describe, _BLOCK_FORBIDDEN,
                     lambda: _chunk_blocked(with_reversible=True, apply_allowed=True)))
+
+
+# --- Infini-attention's compressive memory (chapter 5) ----------------------------
+# Assignment 5 grades four functions, each on its own. M (batch, heads, d_key, d_value),
+# z (batch, heads, d_key), q and k (batch, heads, length, d_key), v (batch, heads, length,
+# d_value), beta (heads,); sigma = ELU + 1, EPS = longctx_lib.infini.EPS:
+#   retrieve(M, z, q)                  -> sigma(q) M / (sigma(q) z + EPS)       (B, H, L, d_value)
+#   linear_update(M, z, k, v)          -> (M + sigma(k)^T v, z + sum_t sigma(k_t))
+#   delta_update(M, z, k, v, read=...) -> (M + sigma(k)^T (v - read(M, z, k)), z + sum_t sigma(k_t))
+#   gate(a_mem, a_dot, beta)           -> sigmoid(beta) a_mem + (1 - sigmoid(beta)) a_dot, beta per head
+# Cases are plain data. Retrieval and both updates are compared in float64 with the library's
+# longctx_lib.infini.CompressiveMemory (bound when this module is imported); the gate with
+# _ref_gate, the mixing InfiniAttention.forward does (tests/test_grading_05.py checks it
+# against the layer). Besides values, the kernel reports gradients (by autograd through the
+# student's function, against an upstream gradient the case holds) and whether the inputs
+# were left as they were (a memory is a value: the next segment and autograd need the old one).
+# Chained cases store a sequence segment after segment, each segment through the student's
+# function: the memory after segment s must be what the library's memory holds, which
+# tests/test_grading_05.py checks is every key before it (block-causal linear attention) for
+# the linear rule. Exercise 3's hidden tests hand the student's delta_update a right
+# retrieval as ``read`` (_infini_read), so that exercise 1 is not graded twice.
+_REF_MEMORY = _infini_module.CompressiveMemory
+_INFINI_EPS = float(_infini_module.EPS)
+_INFINI_FORBIDDEN = ("longctx_lib.infini", "longctx_lib.CompressiveMemory", "longctx_lib.InfiniAttention",
+                     "longctx_lib.InfiniBlock", "longctx_lib.InfiniTransformer", "longctx_lib.grading")
+
+
+def _infini_read(M: torch.Tensor, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """A right retrieval, written from torch alone: what exercise 3's hidden tests pass as ``read``."""
+    sq = F.elu(q) + 1.0  # (B, H, L, d_key)
+    return (sq @ M) / (sq @ z[..., None] + _INFINI_EPS)  # (B, H, L, d_value)
+
+
+def _ref_gate(a_mem: torch.Tensor, a_dot: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The gate as InfiniAttention.forward mixes: one sigmoid(beta) per head."""
+    g = torch.sigmoid(beta).to(a_mem.dtype)[:, None, None]  # (H, 1, 1)
+    return g * a_mem + (1 - g) * a_dot
+
+
+def _infini_blocked(read_allowed: bool = False) -> tuple[Callable[..., Any], ...]:
+    ours = (_ref_gate, _ref_memory_values, _ref_memory_chain) + (() if read_allowed else (_infini_read,))
+    return (*_module_functions(_infini_module), *ours)
+
+
+def _stored_memory(b: int, h: int, dk: int, dv: int, n: int, gen: torch.Generator, dtype: torch.dtype,
+                   noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A memory that has stored ``n`` random bindings by the linear rule (``n = 0``: empty);
+    ``noise`` adds a random matrix to M (a delta-rule memory holds negative entries too)."""
+    k = torch.randn(b, h, n, dk, generator=gen, dtype=dtype)
+    v = torch.randn(b, h, n, dv, generator=gen, dtype=dtype)
+    sk = F.elu(k) + 1.0
+    M = sk.transpose(-1, -2) @ v + noise * torch.randn(b, h, dk, dv, generator=gen, dtype=dtype)
+    return M, sk.sum(dim=2)
+
+
+def _mem_case(what: str, b: int, h: int, dk: int, dv: int, length: int, n_stored: int, gen: torch.Generator, *,
+              dtype: torch.dtype = torch.float64, scale: float = 1.0, noise: float = 0.0, grads: bool = False,
+              tol: float = 1e-10, note: str | None = None) -> dict:
+    """A case for ``what`` (``"retrieve"``, ``"linear"``, ``"delta"``): a memory, queries or keys
+    and values, and (``grads``) upstream gradients for the outputs.
+
+    Tolerance, errors relative to 1 + |expected|: the float64 results agree with the library to
+    ~1e-15 (they differ only in the order of sums); 1e-10 rejects every real mistake (no
+    normaliser, another EPS, sigma left out or the sum over positions missing change values
+    by 1e-7 or far more). float32 cases use 1e-4."""
+    M, z = _stored_memory(b, h, dk, dv, n_stored, gen, dtype, noise if n_stored else 0.0)  # empty: M = 0, z = 0
+    c = {"what": what, "M": M, "z": z, "tol": tol, "note": note, "up": None}
+    if what == "retrieve":
+        c["q"] = scale * torch.randn(b, h, length, dk, generator=gen, dtype=dtype)
+        if grads:
+            c["up"] = [torch.randn(b, h, length, dv, generator=gen, dtype=dtype)]
+    else:
+        c["k"] = scale * torch.randn(b, h, length, dk, generator=gen, dtype=dtype)
+        c["v"] = torch.randn(b, h, length, dv, generator=gen, dtype=dtype)
+        if grads:
+            c["up"] = [torch.randn(b, h, dk, dv, generator=gen, dtype=dtype),
+                       torch.randn(b, h, dk, generator=gen, dtype=dtype)]
+    return c
+
+
+_MEM_INPUTS = {"retrieve": ("M", "z", "q"), "linear": ("M", "z", "k", "v"), "delta": ("M", "z", "k", "v"),
+               "gate": ("a_mem", "a_dot", "beta")}
+_MEM_OUTPUTS = {"retrieve": ("output",), "linear": ("new M", "new z"), "delta": ("new M", "new z"),
+                "gate": ("output",)}
+
+
+def _mem_describe(c: dict) -> str:
+    t = lambda name: f"{name} {tuple(c[name].shape)}"  # noqa: E731
+    names = _MEM_INPUTS[c["what"]]
+    extras = [c["note"]] if c.get("note") else []
+    if c.get("segments"):
+        extras.append(f"stored in segments of {c['segments']} positions, one call each")
+    if c.get("up") is not None:
+        extras.append("gradients checked")
+    return (", ".join(t(n) for n in names) + f", {c[names[0]].dtype}" + (f" ({'; '.join(extras)})" if extras else ""))
+
+
+def _mem_call(fn: Callable[..., Any], what: str, args: list, read: Callable[..., Any]) -> tuple:
+    """The student's (or the reference's) function on ``args``; its outputs as a tuple."""
+    out = fn(*args, read=read) if what == "delta" else fn(*args)
+    if what in ("retrieve", "gate"):
+        return (out,)
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _mem_grads(values: tuple, ups: list | None, leaves: list) -> tuple | None:
+    """Gradients of the leaves for the upstream gradients ``ups`` (None where nothing reaches a leaf)."""
+    if ups is None:
+        return None
+    pairs = [(y, u) for y, u in zip(values, ups)
+             if isinstance(y, torch.Tensor) and y.requires_grad and tuple(y.shape) == tuple(u.shape)]
+    if not pairs:
+        return (None,) * len(leaves)
+    return tuple(torch.autograd.grad([y for y, _ in pairs], leaves, [u for _, u in pairs], allow_unused=True))
+
+
+def _mem_run_with(fn: Callable[..., Any], c: dict, read: Callable[..., Any]) -> tuple:
+    """``fn`` on the case (chained over ``segments`` if the case has them): (outputs, gradients,
+    whether the inputs were left unchanged)."""
+    what, names = c["what"], _MEM_INPUTS[c["what"]]
+    grads = c.get("up") is not None
+    leaves = [c[n].clone().requires_grad_(grads) for n in names]
+    with torch.enable_grad() if grads else contextlib.nullcontext():
+        if c.get("segments"):  # (M, z) carried from segment to segment, k and v cut into segments
+            M, z, k, v = leaves
+            state = (M, z)
+            for start in range(0, k.shape[2], c["segments"]):
+                part = slice(start, start + c["segments"])
+                state = _mem_call(fn, what, [*state[:2], k[:, :, part], v[:, :, part]], read)
+                if len(state) != 2:
+                    break
+            values = state
+        else:
+            values = _mem_call(fn, what, list(leaves), read)
+        found = _mem_grads(values, c.get("up"), leaves)
+    unchanged = all(torch.equal(leaf.detach(), c[n]) for leaf, n in zip(leaves, names))
+    return values, found, unchanged
+
+
+def _mem_run(fn: Callable[..., Any], c: dict) -> tuple:
+    return _mem_run_with(fn, c, _infini_read)
+
+
+def _ref_memory_function(what: str) -> Callable[..., Any]:
+    if what == "retrieve":
+        return lambda M, z, q: _REF_MEMORY(M, z).retrieve(q)
+    if what == "gate":
+        return _ref_gate
+
+    def update(M: torch.Tensor, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor, read: Any = None) -> tuple:
+        after = _REF_MEMORY(M, z).update(k, v, what)
+        return after.M, after.z
+    return update
+
+
+def _ref_memory_values(c: dict) -> tuple:
+    """The library on one call: (outputs, gradients, inputs unchanged)."""
+    return _mem_run_with(_ref_memory_function(c["what"]), {**c, "segments": None}, _infini_read)
+
+
+def _ref_memory_chain(c: dict) -> tuple:
+    """The library's memory, segment after segment."""
+    return _mem_run_with(_ref_memory_function(c["what"]), c, _infini_read)
+
+
+def _mem_reference(c: dict) -> tuple:
+    return _ref_memory_chain(c) if c.get("segments") else _ref_memory_values(c)
+
+
+def _mem_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 3:  # only a hand-made results file
+        return "no results"
+    values, grads, unchanged = got
+    names = _MEM_OUTPUTS[c["what"]]
+    tol = c["tol"]
+    if c["what"] in ("linear", "delta") and not (isinstance(values, tuple) and len(values) == 2):
+        return "return a tuple (new M, new z)"
+    problem = _tuple_problem(values, expected[0], names, (tol,) * len(names), (True,) * len(names))
+    if problem:
+        return problem
+    if unchanged is not True:
+        return ("the function changed its inputs in place; return new tensors (the memory before the update is "
+                "still needed: by autograd, and by the retrieval that reads it)")
+    if expected[1] is None:
+        return None
+    if not isinstance(grads, tuple) or len(grads) != len(expected[1]):
+        return "no gradients: let autograd record the computation (no torch.no_grad(), no detach)"
+    for name, g, e in zip(_MEM_INPUTS[c["what"]], grads, expected[1]):
+        if e is None:  # nothing reaches this input in the reference either (never with the grader's library)
+            continue
+        if g is None:
+            return f"no gradient reaches {name}: let autograd record the computation (no detach, no torch.no_grad())"
+        problem = _close_problem(g, e, tol, relative=True)
+        if problem:
+            return f"the gradient with respect to {name}: {problem}"
+    return None
+
+
+# retrieve -------------------------------------------------------------------------------
+def _retrieve_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: the hand-worked memory of two bindings; the empty memory; a random one."""
+    gen = torch.Generator().manual_seed(seed)
+    hand = _mem_case("retrieve", 1, 1, 2, 1, 2, 0, gen, note="hand-worked")
+    hand["M"] = torch.tensor([[[[1.0], [3.0]]]], dtype=torch.float64)
+    hand["z"] = torch.tensor([[[1.0, 1.0]]], dtype=torch.float64)
+    hand["q"] = torch.tensor([[[[0.0, 0.0], [1.0, 0.0]]]], dtype=torch.float64)
+    return [hand, _mem_case("retrieve", 2, 3, 4, 5, 6, 0, gen, note="the empty memory"),
+            _mem_case("retrieve", 2, 3, 4, 5, 6, 10, gen, note="10 bindings stored")]
+
+
+def _retrieve_cases(seed: int) -> list[dict]:
+    """float64 on random shapes and memories (empty, a few bindings, many, with negative entries),
+    queries of several scales, gradients; d_key 1, length 1; one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(30):
+        b, h, dk, dv, length = rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 8), rng.randint(1, 8), \
+            rng.randint(1, 9)
+        n = 0 if i % 6 == 0 else rng.choice([1, 3, rng.randint(5, 60)])
+        cases.append(_mem_case("retrieve", b, h, dk, dv, length, n, gen, scale=rng.choice([0.5, 1.0, 3.0]),
+                               noise=rng.choice([0.0, 0.0, 1.0]), grads=n > 0 and i % 3 == 1,
+                               note="the empty memory" if n == 0 else None))
+    cases += [_mem_case("retrieve", 2, 2, 1, 3, 4, 5, gen, note="d_key 1"),
+              _mem_case("retrieve", 1, 3, 6, 2, 1, 8, gen, grads=True, note="length 1"),
+              _mem_case("retrieve", 2, 4, 16, 16, 32, 100, gen, dtype=torch.float32, tol=1e-4, note="float32")]
+    return cases
+
+
+# linear and delta updates ------------------------------------------------------------------
+def _update_small_cases(what: str, seed: int) -> list[dict]:
+    """What the visible tests use: the hand-worked bindings; a random memory against the library."""
+    gen = torch.Generator().manual_seed(seed)
+    hands = []
+    if what == "linear":  # the empty memory stores k = (0, 0) -> v = 2, then k = (1, 0) -> v = 1
+        steps = [([0.0, 0.0], 2.0, [[0.0], [0.0]], [0.0, 0.0]), ([1.0, 0.0], 1.0, [[2.0], [2.0]], [1.0, 1.0])]
+    else:  # the same binding again (nothing to add), then k = (1, 0) -> v = 4
+        steps = [([0.0, 0.0], 2.0, [[2.0], [2.0]], [1.0, 1.0]), ([1.0, 0.0], 4.0, [[2.0], [2.0]], [2.0, 2.0])]
+    for k, v, M, z in steps:
+        hand = _mem_case(what, 1, 1, 2, 1, 1, 0, gen, note="hand-worked")
+        hand["k"] = torch.tensor([[[k]]], dtype=torch.float64)
+        hand["v"] = torch.tensor([[[[v]]]], dtype=torch.float64)
+        hand["M"], hand["z"] = torch.tensor([[M]], dtype=torch.float64), torch.tensor([[z]], dtype=torch.float64)
+        hands.append(hand)
+    return hands + [_mem_case(what, 2, 3, 4, 5, 6, 0, gen, note="the empty memory"),
+                    _mem_case(what, 2, 3, 4, 5, 6, 10, gen, note="10 bindings stored")]
+
+
+def _update_cases(what: str, seed: int) -> list[dict]:
+    """float64 on random shapes and memories, keys of several scales, gradients; d_key 1,
+    length 1, d_value 1; one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(30):
+        b, h, dk, dv, length = rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 8), rng.randint(1, 8), \
+            rng.randint(1, 9)
+        n = 0 if i % 6 == 0 else rng.choice([1, 3, rng.randint(5, 60)])
+        cases.append(_mem_case(what, b, h, dk, dv, length, n, gen, scale=rng.choice([0.5, 1.0, 3.0]),
+                               noise=rng.choice([0.0, 0.0, 1.0]), grads=i % 3 == 1,
+                               note="the empty memory" if n == 0 else None))
+    cases += [_mem_case(what, 2, 2, 1, 3, 4, 5, gen, note="d_key 1"),
+              _mem_case(what, 1, 3, 6, 2, 1, 8, gen, grads=True, note="length 1"),
+              _mem_case(what, 2, 2, 5, 1, 7, 4, gen, grads=True, note="d_value 1"),
+              _mem_case(what, 2, 4, 16, 16, 32, 100, gen, dtype=torch.float32, tol=1e-4, note="float32")]
+    return cases
+
+
+def _chain_case(what: str, b: int, h: int, dk: int, dv: int, length: int, segment: int, gen: torch.Generator, *,
+                n_stored: int = 0, grads: bool = False, tol: float = 1e-9, note: str | None = None) -> dict:
+    """A sequence stored ``segment`` positions at a time, one call per segment, from a memory
+    holding ``n_stored`` bindings. Tolerance 1e-9 (relative): rounding grows a little over the
+    calls (1e-14 seen); a mistake is off by far more."""
+    c = _mem_case(what, b, h, dk, dv, length, n_stored, gen, grads=grads, tol=tol, note=note)
+    c["segments"] = int(segment)
+    return c
+
+
+def _linear_segment_cases(seed: int) -> list[dict]:
+    """Segment after segment: every segment length (1, uneven last segments, one segment of the
+    whole sequence); from the empty memory and from a full one; gradients through every call."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(12):
+        length = rng.randint(2, 24)
+        segment = [1, rng.randint(2, max(2, length - 1)), length, rng.randint(2, 5)][i % 4]
+        cases.append(_chain_case("linear", rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 6), rng.randint(1, 6),
+                                 length, segment, gen, n_stored=0 if i % 2 else rng.randint(1, 20),
+                                 grads=i % 3 == 2))
+    return cases
+
+
+def _delta_law_cases(seed: int) -> list[dict]:
+    """What only the delta rule has: from the empty memory it equals the linear rule (nothing
+    retrieved yet); a binding the memory already returns changes nothing in M (z still counts
+    the keys); the same binding stored again and again (the retrieval tends to v / 2); a
+    sequence segment after segment, with gradients through every call. (The empty-memory
+    cases compare values only: there the delta rule's gradient with respect to M holds the
+    1 / EPS of the retrieval it subtracts, which the linear rule's does not.)"""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(4):
+        c = _mem_case("delta", rng.randint(1, 2), rng.randint(1, 3), rng.randint(2, 6), rng.randint(1, 6),
+                      rng.randint(1, 8), 0, gen, note="the empty memory: the same as the linear rule")
+        c["reference_rule"] = "linear"
+        cases.append(c)
+    for i in range(6):
+        b, h, dk, dv, length = rng.randint(1, 2), rng.randint(1, 3), rng.randint(2, 8), rng.randint(1, 6), \
+            rng.randint(1, 5)
+        c = _mem_case("delta", b, h, dk, dv, length, rng.randint(3, 30), gen, noise=0.5 * (i % 2),
+                      note="v is what the memory already returns for k: M must not change")
+        c["v"] = _infini_read(c["M"], c["z"], c["k"])
+        c["stored"] = True
+        cases.append(c)
+    gen_one = torch.Generator().manual_seed(seed + 1)
+    k = torch.randn(1, 2, 1, 6, generator=gen_one, dtype=torch.float64)
+    v = torch.randn(1, 2, 1, 3, generator=gen_one, dtype=torch.float64)
+    again = _chain_case("delta", 1, 2, 6, 3, 40, 1, gen, n_stored=10, note="one binding stored 40 times")
+    again["k"], again["v"] = k.expand(1, 2, 40, 6).clone(), v.expand(1, 2, 40, 3).clone()
+    cases.append(again)
+    for i in range(8):
+        length = rng.randint(2, 24)
+        segment = [1, rng.randint(2, max(2, length - 1)), length, rng.randint(2, 5)][i % 4]
+        cases.append(_chain_case("delta", rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 6), rng.randint(1, 6),
+                                 length, segment, gen, n_stored=0 if i % 2 else rng.randint(1, 20),
+                                 grads=i % 3 == 2))
+    return cases
+
+
+def _delta_law_reference(c: dict) -> tuple:
+    if c.get("reference_rule") == "linear":  # the empty memory: delta == linear, by the library's linear rule
+        return _ref_memory_values({**c, "what": "linear"})
+    return _mem_reference(c)
+
+
+def _delta_law_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    problem = _mem_compare(got, expected, c)
+    if problem and c.get("stored"):
+        return problem + " (the memory already returned v for these keys: the delta rule adds nothing to M)"
+    if problem and c.get("reference_rule") == "linear":
+        return problem + " (from the empty memory the delta rule stores what the linear rule stores)"
+    return problem
+
+
+# gate ---------------------------------------------------------------------------------------
+def _gate_case(b: int, h: int, length: int, dv: int, gen: torch.Generator, *, beta: torch.Tensor | None = None,
+               dtype: torch.dtype = torch.float64, grads: bool = False, tol: float = 1e-10,
+               note: str | None = None) -> dict:
+    """a_mem and a_dot (B, H, L, d_value), beta (H,). Tolerance as for the memory: the mixing is
+    three multiplications and an addition; a gate per batch element, per position or per
+    feature instead of per head is off by ~0.1."""
+    c = {"what": "gate", "a_mem": torch.randn(b, h, length, dv, generator=gen, dtype=dtype),
+         "a_dot": torch.randn(b, h, length, dv, generator=gen, dtype=dtype),
+         "beta": (2 * torch.randn(h, generator=gen, dtype=dtype)) if beta is None else beta.to(dtype),
+         "tol": tol, "note": note, "up": None}
+    if grads:
+        c["up"] = [torch.randn(b, h, length, dv, generator=gen, dtype=dtype)]
+    return c
+
+
+def _gate_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: two heads with gates 1/2 and 3/4; the closed and the open gate."""
+    gen = torch.Generator().manual_seed(seed)
+    hand = _gate_case(1, 2, 1, 1, gen, beta=torch.tensor([0.0, math.log(3.0)]), note="hand-worked")
+    hand["a_mem"] = torch.full((1, 2, 1, 1), 4.0, dtype=torch.float64)
+    hand["a_dot"] = torch.zeros(1, 2, 1, 1, dtype=torch.float64)
+    return [hand, _gate_case(2, 3, 4, 5, gen, note="three heads"),
+            _gate_case(2, 3, 4, 5, gen, beta=torch.full((3,), -40.0), note="closed: local attention only"),
+            _gate_case(2, 3, 4, 5, gen, beta=torch.full((3,), 40.0), note="open: the memory only")]
+
+
+def _gate_cases(seed: int) -> list[dict]:
+    """float64 on random shapes (heads != d_value != length mostly), gates of every opening,
+    closed and open heads side by side, gradients (beta's included); one float32 case."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(24):
+        h = rng.randint(1, 6)
+        beta = None
+        if i % 4 == 3:  # heads closed, open and half-open side by side
+            beta = torch.tensor([rng.choice([-40.0, 40.0, 0.0, 5.0 * rng.random() - 2.5]) for _ in range(h)])
+        cases.append(_gate_case(rng.randint(1, 3), h, rng.randint(1, 9), rng.randint(1, 8), gen, beta=beta,
+                                grads=i % 3 == 1))
+    cases += [_gate_case(2, 4, 4, 4, gen, grads=True, note="heads = length = d_value"),
+              _gate_case(1, 1, 5, 3, gen, beta=torch.tensor([-40.0]), note="one head, closed: local attention"),
+              _gate_case(3, 5, 7, 2, gen, beta=torch.full((5,), 40.0), grads=True, note="every head open"),
+              _gate_case(2, 4, 16, 8, gen, dtype=torch.float32, tol=1e-5, note="float32")]
+    return cases
+
+
+for _name, _cases_fn in (("infini_retrieve_small", _retrieve_small_cases), ("infini_retrieve", _retrieve_cases)):
+    _register(Suite(_name, _cases_fn, _mem_run, _mem_reference, _mem_compare, _mem_describe, _INFINI_FORBIDDEN,
+                    _infini_blocked))
+for _name, _cases_fn in (("infini_linear_small", lambda seed: _update_small_cases("linear", seed)),
+                         ("infini_linear", lambda seed: _update_cases("linear", seed)),
+                         ("infini_linear_segments", _linear_segment_cases)):
+    _register(Suite(_name, _cases_fn, _mem_run, _mem_reference, _mem_compare, _mem_describe, _INFINI_FORBIDDEN,
+                    _infini_blocked))
+for _name, _cases_fn, _reference, _compare in (
+        ("infini_delta_small", lambda seed: _update_small_cases("delta", seed), _mem_reference, _mem_compare),
+        ("infini_delta", lambda seed: _update_cases("delta", seed), _mem_reference, _mem_compare),
+        ("infini_delta_laws", _delta_law_cases, _delta_law_reference, _delta_law_compare)):
+    _register(Suite(_name, _cases_fn, _mem_run, _reference, _compare, _mem_describe, _INFINI_FORBIDDEN,
+                    lambda: _infini_blocked(read_allowed=True)))
+for _name, _cases_fn in (("infini_gate_small", _gate_small_cases), ("infini_gate", _gate_cases)):
+    _register(Suite(_name, _cases_fn, _mem_run, _mem_reference, _mem_compare, _mem_describe, _INFINI_FORBIDDEN,
+                    _infini_blocked))
 
 
 # ------------------------------------------------------------------- kernel side

@@ -335,6 +335,29 @@ def test_ch4_text_models_measured_again(ch4):
     assert ch4["sample_chars"] > 0
 
 
+
+# ---------------------------------------------------------------- assignment 5's solution
+@pytest.fixture(scope="module")
+def solution_05(executed_solutions):
+    path = next(p for p in executed_solutions if p.name == "05-infini-attention.ipynb")
+    assert cell_errors(path) == [], path
+    return path
+
+
+def test_solution_05_layer_from_the_students_pieces_matches_the_library(solution_05):
+    text = _printed(solution_05, "assemble")
+    assert text.count("(they agree)") == 2, text  # the linear and the delta rule
+    # a repeated binding: linear tends to v, the printed delta rule to v / 2
+    last = re.findall(r"the linear rule returns ([\d.]+) v, the delta rule ([\d.]+) v", _printed(solution_05, "rules_demo"))
+    assert last and float(last[-1][0]) > 0.9 and abs(float(last[-1][1]) - 0.5) < 0.02, last
+
+
+def test_solution_05_passkey_table_for_both_rules(solution_05):
+    text = _printed(solution_05, "passkey_curve")
+    assert "linear rule:" in text and "delta rule:" in text, text
+    rows = re.findall(r"^\s+(\d+)\s+\d+\s+\d+\s+.*?(\d+)$", text, re.M)
+    assert len(rows) >= 4 and all(0 <= int(mean) <= 100 for _, mean in rows), text
+
 @pytest.fixture(scope="module")
 def ch5(built_book):
     return glued_results(built_book, "05-infini-attention")
