@@ -9,6 +9,7 @@ dtype), ...what the module needs to rebuild the model...}``. It is read with
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
@@ -59,6 +60,27 @@ def check_path(path: object, name: str = "path") -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a str or a pathlib.Path; got {type(path).__name__}")
     return Path(path)
+
+
+def check_bool(**values: object) -> None:
+    """Raise a ``TypeError`` naming each argument that is not ``True`` or ``False``."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False; got {value!r}")
+
+
+def named_run(run: object, runs: dict[str, dict], table: str) -> dict | None:
+    """A deep copy of ``runs[run]`` for a run name; ``None`` for a dict (the caller checks it).
+
+    ``table`` names the run table in the messages (``"CHARLM_RUNS"``, ``"PASSKEY_RUNS"``).
+    """
+    if isinstance(run, str):
+        if run not in runs:
+            raise ValueError(f"run must be one of {sorted(runs)} or a run dict; got {run!r}")
+        return copy.deepcopy(runs[run])
+    if not isinstance(run, dict):
+        raise TypeError(f"run must be a name of {table} or a dict like its values; got {type(run).__name__}")
+    return None
 
 
 def same_config(a: dict, b: dict) -> bool:

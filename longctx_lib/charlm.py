@@ -56,7 +56,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._checkpoints import check_path, find_checkpoint_dir, load_else_train, read_checkpoint, same_config, save_weights
+from ._checkpoints import (
+    check_bool,
+    check_path,
+    find_checkpoint_dir,
+    load_else_train,
+    named_run,
+    read_checkpoint,
+    same_config,
+    save_weights,
+)
 from .reformer import ReformerConfig, ReformerLM
 from .text import decode, encode, random_windows, stdlib_corpus
 
@@ -159,20 +168,11 @@ def _check_positive(**values: object) -> None:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
-def _check_bool(**values: object) -> None:
-    for name, value in values.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False; got {value!r}")
-
-
 def _check_run(run: object) -> dict:
     """A run spec like the values of :data:`CHARLM_RUNS` (the name's run when given a name)."""
-    if isinstance(run, str):
-        if run not in CHARLM_RUNS:
-            raise ValueError(f"run must be one of {sorted(CHARLM_RUNS)} or a run dict; got {run!r}")
-        return copy.deepcopy(CHARLM_RUNS[run])
-    if not isinstance(run, dict):
-        raise TypeError(f"run must be a name of CHARLM_RUNS or a dict like its values; got {type(run).__name__}")
+    named = named_run(run, CHARLM_RUNS, "CHARLM_RUNS")
+    if named is not None:
+        return named
     missing = sorted(set(CHARLM_RUNS["lsh-1k"]) - set(run))
     if missing:
         raise ValueError(f"run is missing keys {missing}; start from copy.deepcopy(CHARLM_RUNS['lsh-1k'])")
@@ -210,7 +210,7 @@ def bits_per_char(model: nn.Module, corpus: Tensor, *, context: int, n_windows: 
     """
     _check_model(model)
     _check_positive(context=context, n_windows=n_windows, batch=batch)
-    _check_bool(tiled=tiled)
+    check_bool(tiled=tiled)
     if tiled:
         if not isinstance(corpus, Tensor) or corpus.dim() != 1:
             raise ValueError("corpus must be a 1-D tensor of token ids (see stdlib_corpus)")
@@ -290,7 +290,7 @@ def train_char_lm(
         raise ValueError(f"lr must be a positive number; got {lr!r}")
     if grad_clip is not None and (not isinstance(grad_clip, (int, float)) or not grad_clip > 0):
         raise ValueError(f"grad_clip must be a positive number or None; got {grad_clip!r}")
-    _check_bool(tiled=tiled, progress=progress)
+    check_bool(tiled=tiled, progress=progress)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -375,7 +375,7 @@ def train_char_lm_run(run: str | dict, *, progress: bool = True, train: Tensor |
     (on ``run["final_eval_tokens"]`` characters), ``"wall_seconds"`` (evaluations included),
     ``"n_parameters"`` and ``"torch"`` (the version that trained it).
     """
-    _check_bool(progress=progress)
+    check_bool(progress=progress)
     run = _check_run(run)
     train = _stdlib("train") if train is None else train
     validation = _stdlib("validation") if validation is None else validation
@@ -454,7 +454,7 @@ def load_or_train_char_lm(
     if run is None and name not in CHARLM_RUNS:
         raise ValueError(f"name must be one of {sorted(CHARLM_RUNS)} (or pass run=...); got {name!r}")
     run = _check_run(CHARLM_RUNS[name] if run is None else run)
-    _check_bool(retrain=retrain, progress=progress)
+    check_bool(retrain=retrain, progress=progress)
     directory = check_path(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else CHECKPOINT_DIR
     return load_else_train(
         directory / f"{name}.pt",

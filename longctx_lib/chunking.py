@@ -37,6 +37,12 @@ def _check_chunk_size(chunk_size: object) -> int:
     return chunk_size
 
 
+def _check_sequence(x: object) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (batch, length, d); got {got}")
+
+
 def _spans(length: int, chunk_size: int) -> list[slice]:
     return [slice(s, min(s + chunk_size, length)) for s in range(0, length, chunk_size)]
 
@@ -108,9 +114,7 @@ def apply_chunked(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int,
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable (a position-wise function); got {type(fn).__name__}")
-    if not isinstance(x, Tensor) or x.dim() != 3:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor of shape (batch, length, d); got {got}")
+    _check_sequence(x)
     _check_chunk_size(chunk_size)
     if params is None:
         params = list(fn.parameters()) if isinstance(fn, nn.Module) else []
@@ -211,9 +215,7 @@ class ChunkedFeedForward(nn.Module):
         chunk twice). Chunks run in order, so dropout draws the forward pass's masks.
         Returns ``(output, d x, [(parameter, gradient), ...])``.
         """
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (batch, length, d); got {got}")
+        _check_sequence(x)
         if not isinstance(grad_out, Tensor) or grad_out.dim() != 3 or grad_out.shape[:2] != x.shape[:2]:
             got = tuple(grad_out.shape) if isinstance(grad_out, Tensor) else type(grad_out).__name__
             raise ValueError(f"grad_out must be the gradient of the output, of shape ({x.shape[0]}, "

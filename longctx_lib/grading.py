@@ -1926,11 +1926,17 @@ def _linear_segment_cases(seed: int) -> list[dict]:
     """Segment after segment: every segment length (1, uneven last segments, one segment of the
     whole sequence); from the empty memory and from a full one; gradients through every call."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    return _segment_chain_cases("linear", 12, rng, gen)
+
+
+def _segment_chain_cases(rule: str, n: int, rng: random.Random, gen: torch.Generator) -> list[dict]:
+    """``n`` sequences stored segment after segment under ``rule``: segments of 1, of an uneven
+    length, of the whole sequence, of 2-5; every other one from a full memory; gradients in a third."""
     cases = []
-    for i in range(12):
+    for i in range(n):
         length = rng.randint(2, 24)
         segment = [1, rng.randint(2, max(2, length - 1)), length, rng.randint(2, 5)][i % 4]
-        cases.append(_chain_case("linear", rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 6), rng.randint(1, 6),
+        cases.append(_chain_case(rule, rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 6), rng.randint(1, 6),
                                  length, segment, gen, n_stored=0 if i % 2 else rng.randint(1, 20),
                                  grads=i % 3 == 2))
     return cases
@@ -1964,13 +1970,7 @@ def _delta_law_cases(seed: int) -> list[dict]:
     again = _chain_case("delta", 1, 2, 6, 3, 40, 1, gen, n_stored=10, note="one binding stored 40 times")
     again["k"], again["v"] = k.expand(1, 2, 40, 6).clone(), v.expand(1, 2, 40, 3).clone()
     cases.append(again)
-    for i in range(8):
-        length = rng.randint(2, 24)
-        segment = [1, rng.randint(2, max(2, length - 1)), length, rng.randint(2, 5)][i % 4]
-        cases.append(_chain_case("delta", rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 6), rng.randint(1, 6),
-                                 length, segment, gen, n_stored=0 if i % 2 else rng.randint(1, 20),
-                                 grads=i % 3 == 2))
-    return cases
+    return cases + _segment_chain_cases("delta", 8, rng, gen)
 
 
 def _delta_law_reference(c: dict) -> tuple:

@@ -102,7 +102,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._checkpoints import check_path, find_checkpoint_dir, load_else_train, read_checkpoint, same_config, save_weights
+from ._checkpoints import (
+    check_bool,
+    check_path,
+    find_checkpoint_dir,
+    load_else_train,
+    named_run,
+    read_checkpoint,
+    same_config,
+    save_weights,
+)
 from .device import resolve_device
 from .infini import RULES, InfiniTransformer
 from .tasks import PASSKEY_VOCAB, passkey_batch
@@ -204,20 +213,11 @@ def _check_rate(name: str, value: object) -> float:
     return float(value)
 
 
-def _check_bool(**values: object) -> None:
-    for name, value in values.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False; got {value!r}")
-
-
 def _check_run(run: object) -> dict:
     """A deep copy of a run spec like the values of :data:`PASSKEY_RUNS` (the named run when given a name)."""
-    if isinstance(run, str):
-        if run not in PASSKEY_RUNS:
-            raise ValueError(f"run must be one of {sorted(PASSKEY_RUNS)} or a run dict; got {run!r}")
-        return copy.deepcopy(PASSKEY_RUNS[run])
-    if not isinstance(run, dict):
-        raise TypeError(f"run must be a name of PASSKEY_RUNS or a dict like its values; got {type(run).__name__}")
+    named = named_run(run, PASSKEY_RUNS, "PASSKEY_RUNS")
+    if named is not None:
+        return named
     missing = [k for k in _RUN_KEYS if k not in run]
     if missing:
         raise ValueError(f"run is missing keys {missing}; start from copy.deepcopy(PASSKEY_RUNS['linear'])")
@@ -317,7 +317,7 @@ def train_passkey(run: str | dict, *, steps: int | None = None, progress: bool =
     run = _check_run(run)
     if steps is not None:
         run["steps"] = _check_int("steps", steps)
-    _check_bool(progress=progress)
+    check_bool(progress=progress)
     device = resolve_device(device)
     n, length = run["n_digits"], run["train_length"]
     history: dict = {"step": [], "loss": [], "accuracy": [], "gates": [], "elapsed": []}
@@ -414,7 +414,7 @@ def evaluate_passkey(model: InfiniTransformer, lengths: Sequence[int], *,
             raise ValueError(f"depths must hold numbers in [0, 1]; got {d!r}")
     _check_int("n_per_cell", n_per_cell)
     _check_int("seed", seed, 0)
-    _check_bool(progress=progress)
+    check_bool(progress=progress)
     if n_digits is None:
         run = getattr(model, "passkey_run", None)
         if not isinstance(run, dict) or "n_digits" not in run:
@@ -493,7 +493,7 @@ def load_or_train_passkey(run: str, *, device: str | torch.device = "cpu", progr
         raise TypeError(f"run must be a name of PASSKEY_RUNS (a str); got {type(run).__name__}")
     if run not in PASSKEY_RUNS:
         raise ValueError(f"run must be one of {sorted(PASSKEY_RUNS)}; got {run!r}")
-    _check_bool(progress=progress, train_if_missing=train_if_missing)
+    check_bool(progress=progress, train_if_missing=train_if_missing)
     device = resolve_device(device)
     spec = copy.deepcopy(PASSKEY_RUNS[run])
     directory = check_path(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else CHECKPOINT_DIR

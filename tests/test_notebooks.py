@@ -394,8 +394,10 @@ def test_ch5_passkey_and_gates_measured(ch5):
         values = [v for k, v in ch5.items() if k.startswith(f"pk_{rule}_")]
         assert values and all(0 <= v <= 1 for v in values)
         assert 0 <= ch5[f"train_acc_{rule}"] <= 1
-    for name in ("gate-lr-small", "gate-lr-large"):
-        assert 0 <= ch5[f"gate_spread_{name}"] <= 0.5
+    # Adam moves beta by about gate_lr per step: 1e-5 x 1500 steps keeps sigmoid(beta) within
+    # ~0.004 of one half (0.02 leaves room); at 1e-2 the gates are free to move, and did.
+    assert ch5["gate_spread_gate-lr-small"] < 0.02
+    assert ch5["gate_spread_gate-lr-large"] > ch5["gate_spread_gate-lr-small"]
 
 
 def test_ch5_passkey_through_the_memory_at_the_training_length(ch5):
