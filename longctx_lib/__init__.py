@@ -17,6 +17,7 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.charlm` - character-level training in bits per character (ch. 4)
 - :mod:`longctx_lib.infini` - Infini-attention: compressive memory, learned gate, streaming (ch. 5)
 - :mod:`longctx_lib.passkey` - passkey retrieval with Infini-attention: linear vs delta memory, the gate's learning rate (ch. 5)
+- :mod:`longctx_lib.rmt` - the Recurrent Memory Transformer: memory tokens, BPTT depth, curriculum, FLOPs (ch. 6)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 
@@ -33,6 +34,7 @@ from . import (
     passkey,
     reformer,
     reversible,
+    rmt,
     tasks,
     text,
     transformer,
@@ -60,6 +62,7 @@ __all__ = [
     "charlm",
     "infini",
     "passkey",
+    "rmt",
     "MultiHeadAttention",
     "LSHSelfAttention",
     "ReversibleBlock",

@@ -109,6 +109,19 @@ def _check_padding(key_padding_mask: Tensor | None, q: Tensor, k: Tensor) -> Non
         )
 
 
+def _check_mask(mask: Tensor | None, q: Tensor, k: Tensor) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError("mask must be a bool tensor of shape (q_len, k_len), True where a query may not see "
+                        f"a key; got {type(mask).__name__ if not isinstance(mask, Tensor) else mask.dtype}")
+    expected = (q.shape[-2], k.shape[-2])
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"mask must have shape (q_len, k_len) = {expected}; got {tuple(mask.shape)}")
+    if mask.device != q.device:
+        raise ValueError(f"mask is on {mask.device} but q is on {q.device}; move it with .to(q.device)")
+
+
 def _check_dropout(name: str, p: float) -> None:
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise TypeError(f"{name} must be a number in [0, 1); got {p!r}")
@@ -117,12 +130,13 @@ def _check_dropout(name: str, p: float) -> None:
 
 
 def _blocked(
-    q: Tensor, k: Tensor, causal: bool, key_padding_mask: Tensor | None
+    q: Tensor, k: Tensor, causal: bool, key_padding_mask: Tensor | None, mask: Tensor | None = None
 ) -> Tensor | None:
     """Combined bool mask, True = blocked, broadcastable to (batch, heads, Lq, Lk)."""
-    blocked = None
+    blocked = mask  # (Lq, Lk) or None
     if causal:
-        blocked = causal_mask(q.shape[-2], k.shape[-2], q.device)  # (Lq, Lk)
+        c = causal_mask(q.shape[-2], k.shape[-2], q.device)  # (Lq, Lk)
+        blocked = c if blocked is None else blocked | c
     if key_padding_mask is not None:
         pad = key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
         blocked = pad if blocked is None else blocked | pad
@@ -136,6 +150,7 @@ def scaled_dot_product_attention(
     *,
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
+    mask: Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
     generator: torch.Generator | None = None,
@@ -149,6 +164,9 @@ def scaled_dot_product_attention(
         v: values ``(batch, heads, k_len, dim_v)``.
         causal: query ``i`` sees only keys ``j <= i``.
         key_padding_mask: bool ``(batch, k_len)``, True marks padding keys to ignore.
+        mask: bool ``(q_len, k_len)``, True where query ``i`` may NOT see key ``j`` (the
+            convention of :func:`causal_mask`; combined with ``causal`` and the padding).
+            Chapter 6 builds the Recurrent Memory Transformer's segment mask with it.
         dropout_p: probability of dropping an attention weight (training only; pass
             0 at evaluation). Kept weights are scaled by ``1 / (1 - dropout_p)``.
         scale: multiplies the scores; default ``1 / sqrt(dim)``.
@@ -162,6 +180,7 @@ def scaled_dot_product_attention(
     """
     _check_qkv(q, k, v)
     _check_padding(key_padding_mask, q, k)
+    _check_mask(mask, q, k)
     _check_dropout("dropout_p", dropout_p)
     if causal is not True and causal is not False:
         raise TypeError(f"causal must be True or False; got {causal!r}")
@@ -173,7 +192,7 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Lq, Lk): the O(L^2) tensor
-    blocked = _blocked(q, k, causal, key_padding_mask)
+    blocked = _blocked(q, k, causal, key_padding_mask, mask)
     dead = None
     if blocked is not None:
         dead = blocked.all(dim=-1, keepdim=True)  # queries with no visible key
@@ -199,6 +218,7 @@ def attention(
     *,
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
+    mask: Tensor | None = None,
     dropout_p: float = 0.0,
     impl: str = "naive",
 ) -> Tensor:
@@ -210,15 +230,16 @@ def attention(
     _check_dropout("dropout_p", dropout_p)
     if impl == "naive":
         return scaled_dot_product_attention(
-            q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p
+            q, k, v, causal=causal, key_padding_mask=key_padding_mask, mask=mask, dropout_p=dropout_p
         )
     if impl != "sdpa":
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
     _check_qkv(q, k, v)
     _check_padding(key_padding_mask, q, k)
-    if key_padding_mask is None:
+    _check_mask(mask, q, k)
+    if key_padding_mask is None and mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
-    allowed = ~_blocked(q, k, causal, key_padding_mask)  # SDPA's bool mask: True = attend
+    allowed = ~_blocked(q, k, causal, key_padding_mask, mask)  # SDPA's bool mask: True = attend
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
     # Rows with no visible key: zero them, as the reference does (SDPA may give NaN).
     return out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
@@ -261,9 +282,11 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(
-        self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None
+        self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """``x`` ``(batch, length, d_model)`` -> ``(batch, length, d_model)``."""
+        """``x`` ``(batch, length, d_model)`` -> ``(batch, length, d_model)``; masks as in
+        :func:`scaled_dot_product_attention`."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor of shape (batch, length, d_model); got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.d_model:
@@ -279,7 +302,8 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, hd)
         p = self.dropout if self.training else 0.0
-        y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=p, impl=self.impl)
+        y = attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, mask=mask, dropout_p=p,
+                      impl=self.impl)
         return self.out(y.transpose(1, 2).reshape(b, n, self.d_model))  # (B, L, d_model)
 
 

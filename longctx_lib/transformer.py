@@ -64,10 +64,12 @@ class TransformerBlock(nn.Module):
         self.d_model = d_model
 
     def forward(
-        self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None
+        self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
+        """Masks as in :func:`~longctx_lib.attention.scaled_dot_product_attention`."""
         _check_x(x, self.d_model)
-        x = x + self.drop(self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask))
+        x = x + self.drop(self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask, mask=mask))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -96,8 +98,11 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(
-        self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None
+        self, x: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
+        """Masks as in :func:`~longctx_lib.attention.scaled_dot_product_attention`: ``mask``
+        ``(length, length)`` is True where position ``i`` may NOT see position ``j``."""
         for block in self.blocks:
-            x = block(x, causal=causal, key_padding_mask=key_padding_mask)
+            x = block(x, causal=causal, key_padding_mask=key_padding_mask, mask=mask)
         return self.norm(x)

@@ -165,3 +165,85 @@ def test_multihead_module_naive_equals_sdpa_and_is_causal():
 @pytest.mark.parametrize("impl", ["naive", "sdpa"])
 def test_attention_step_runs_forward_and_backward(impl):
     attention_step(32, heads=2, head_dim=8, impl=impl, backward=True)
+
+
+# --------------------------------------------------------------------------- an arbitrary mask (chapter 6)
+def masked_by_hand(q, k, v, blocked):
+    """softmax(q k^T / sqrt(d)) v with the blocked scores set to -inf; rows with no
+    visible key give zeros (the library's convention)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    w = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1).nan_to_num(0.0)
+    return w @ v
+
+
+def random_mask(lq, lk, seed=0):
+    return torch.rand(lq, lk, generator=torch.Generator().manual_seed(seed)) < 0.4
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_mask_equals_masking_by_hand(impl, causal):
+    q, k, v = rand_qkv(lq=9, lk=9)
+    mask = random_mask(9, 9)
+    mask[4] = True  # a query that sees nothing: zeros
+    blocked = mask | causal_mask(9, 9) if causal else mask
+    got = attention(q, k, v, mask=mask, causal=causal, impl=impl)
+    torch.testing.assert_close(got, masked_by_hand(q, k, v, blocked), atol=1e-12, rtol=0)
+    assert torch.equal(got[:, :, 4], torch.zeros_like(got[:, :, 4]))
+    # and the mask matters: without it the answer differs
+    assert (attention(q, k, v, causal=causal, impl=impl) - got).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+def test_mask_combines_with_padding_and_rectangular_shapes(impl):
+    q, k, v = rand_qkv(lq=5, lk=8)
+    mask = random_mask(5, 8, seed=1)
+    pad = torch.zeros(2, 8, dtype=torch.bool)
+    pad[1, 6:] = True
+    got = attention(q, k, v, mask=mask, key_padding_mask=pad, impl=impl)
+    blocked = mask | pad[:, None, None, :]
+    torch.testing.assert_close(got, masked_by_hand(q, k, v, blocked), atol=1e-12, rtol=0)
+
+
+def test_causal_mask_as_mask_equals_causal():
+    q, k, v = rand_qkv()
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask=causal_mask(7, 7)),
+                               scaled_dot_product_attention(q, k, v, causal=True), atol=0, rtol=0)
+    none = torch.zeros(7, 7, dtype=torch.bool)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask=none),
+                               scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
+
+
+def test_multihead_module_passes_the_mask():
+    torch.manual_seed(0)
+    naive = MultiHeadAttention(32, 4, impl="naive").double()
+    fused = MultiHeadAttention(32, 4, impl="sdpa").double()
+    fused.load_state_dict(naive.state_dict())
+    x = torch.randn(2, 10, 32, **F64)
+    mask = random_mask(10, 10, seed=2)
+    mask.fill_diagonal_(False)
+    torch.testing.assert_close(naive(x, mask=mask), fused(x, mask=mask), atol=1e-12, rtol=0)
+    # perturbing position 3 moves only the queries allowed to see it
+    x2 = x.clone()
+    x2[:, 3] += 1.0
+    moved = (naive(x2, mask=mask) - naive(x, mask=mask)).abs().amax(dim=(0, 2)) > 0
+    assert torch.equal(moved, ~mask[:, 3])
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+@pytest.mark.parametrize(
+    "mask, error",
+    [
+        (torch.zeros(5, 4, dtype=torch.bool), ValueError),  # (q_len, k_len) is (5, 6)
+        (torch.zeros(6, 5, dtype=torch.bool), ValueError),  # transposed
+        (torch.zeros(1, 5, 6, dtype=torch.bool), ValueError),  # a batch axis
+        (torch.zeros(5, 6), TypeError),  # float
+        (torch.zeros(5, 6, dtype=torch.long), TypeError),
+        ([[False] * 6] * 5, TypeError),  # not a tensor
+    ],
+    ids=["too-short", "transposed", "3-D", "float", "long", "list"],
+)
+def test_bad_mask_names_the_parameter(impl, mask, error):
+    q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    with pytest.raises(error, match=r"\bmask\b"):
+        attention(q, k, v, mask=mask, impl=impl)

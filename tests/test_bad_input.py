@@ -100,6 +100,31 @@ def _transformer_forward(x, **kw):
     return Transformer(8, 2, 16, 1)(x, **kw)
 
 
+def _tiny_rmt(**kw):
+    from longctx_lib.rmt import RecurrentMemoryTransformer
+    args = {"segment_length": 4, "n_memory": 2}
+    args.update(kw)
+    return RecurrentMemoryTransformer(10, 8, 2, 16, 1, **args)
+
+
+def _ids(*shape):
+    return torch.zeros(*shape, dtype=torch.long)
+
+
+def _answers(batch, length, *positions):
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    mask[:, list(positions)] = True
+    return mask
+
+
+def _batcher(batch, n_segments, generator):
+    from longctx_lib.tasks import fact_batch
+    return fact_batch(batch, 4 * n_segments, generator=generator)
+
+
+FLOP_SIZES = {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "vocab_size": 10}  # model sizes for the FLOP rows
+
+
 def _cuda_absent():
     return pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
 
@@ -448,6 +473,83 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("passkey.load_or_train_passkey", "run is a dict", lambda: longctx_lib.passkey.load_or_train_passkey(longctx_lib.passkey.PASSKEY_RUNS["linear"]), TypeError, r"\brun\b", ()),
     ("passkey.load_or_train_passkey", "train_if_missing is a string", lambda: longctx_lib.passkey.load_or_train_passkey("linear", train_if_missing="no"), TypeError, r"train_if_missing", ()),
     ("passkey.load_or_train_passkey", "checkpoint_dir is an int", lambda: longctx_lib.passkey.load_or_train_passkey("linear", checkpoint_dir=3), TypeError, r"checkpoint_dir", ()),
+    # tasks (chapter 6: the RMT's tasks)
+    ("tasks.copy_batch", "batch 0", lambda: longctx_lib.tasks.copy_batch(0, 4), ValueError, r"\bbatch\b", ()),
+    ("tasks.copy_batch", "n 0", lambda: longctx_lib.tasks.copy_batch(2, 0), ValueError, r"\bn\b", ()),
+    ("tasks.copy_batch", "n is a string", lambda: longctx_lib.tasks.copy_batch(2, "4"), ValueError, r"\bn\b", ()),
+    ("tasks.copy_batch", "device tpu", lambda: longctx_lib.tasks.copy_batch(2, 4, device="tpu"), ValueError, r"device", ()),
+    ("tasks.reverse_batch", "n 2.5", lambda: longctx_lib.tasks.reverse_batch(2, 2.5), ValueError, r"\bn\b", ()),
+    ("tasks.reverse_batch", "batch True", lambda: longctx_lib.tasks.reverse_batch(True, 4), ValueError, r"\bbatch\b", ()),
+    ("tasks.associative_retrieval_batch", "more pairs than symbols", lambda: longctx_lib.tasks.associative_retrieval_batch(2, 17), ValueError, r"n_pairs.*16", ()),
+    ("tasks.associative_retrieval_batch", "n_pairs 0", lambda: longctx_lib.tasks.associative_retrieval_batch(2, 0), ValueError, r"n_pairs", ()),
+    ("tasks.associative_retrieval_batch", "batch 0", lambda: longctx_lib.tasks.associative_retrieval_batch(0, 3), ValueError, r"\bbatch\b", ()),
+    ("tasks.fact_batch", "unknown task", lambda: longctx_lib.tasks.fact_batch(2, 16, task="qa1"), ValueError, r"\btask\b", ()),
+    ("tasks.fact_batch", "n_values 1", lambda: longctx_lib.tasks.fact_batch(2, 16, n_values=1), ValueError, r"n_values", ()),
+    ("tasks.fact_batch", "n_values 17 (more than the symbols)", lambda: longctx_lib.tasks.fact_batch(2, 16, n_values=17), ValueError, r"n_values", ()),
+    ("tasks.fact_batch", "length 3: no room for fact and question", lambda: longctx_lib.tasks.fact_batch(2, 3), ValueError, r"\blength\b", ()),
+    ("tasks.fact_batch", "reasoning in 5 tokens", lambda: longctx_lib.tasks.fact_batch(2, 5, task="reasoning"), ValueError, r"\blength\b.*reasoning", ()),
+    ("tasks.fact_batch", "batch 0", lambda: longctx_lib.tasks.fact_batch(0, 16), ValueError, r"\bbatch\b", ()),
+    ("tasks.answer_accuracy", "logits is a list", lambda: longctx_lib.tasks.answer_accuracy([[1.0]], _ids(2, 8), _answers(2, 8, 7)), TypeError, r"\blogits\b", ()),
+    ("tasks.answer_accuracy", "logits without a vocabulary axis", lambda: longctx_lib.tasks.answer_accuracy(T(2, 8), _ids(2, 8), _answers(2, 8, 7)), ValueError, r"\blogits\b", ()),
+    ("tasks.answer_accuracy", "mask of another length", lambda: longctx_lib.tasks.answer_accuracy(T(2, 8, 5), _ids(2, 8), _answers(2, 7, 6)), ValueError, r"answer_mask", ()),
+    ("tasks.answer_accuracy", "float mask", lambda: longctx_lib.tasks.answer_accuracy(T(2, 8, 5), _ids(2, 8), T(2, 8)), ValueError, r"answer_mask.*bool", ()),
+    ("tasks.answer_accuracy", "answer at position 0", lambda: longctx_lib.tasks.answer_accuracy(T(2, 8, 5), _ids(2, 8), _answers(2, 8, 0)), ValueError, r"answer_mask.*position 0", ()),
+    # rmt (chapter 6: the Recurrent Memory Transformer)
+    ("rmt.segment_mask", "n_memory -1", lambda: longctx_lib.rmt.segment_mask(-1, 4), ValueError, r"n_memory", ()),
+    ("rmt.segment_mask", "n_tokens 0", lambda: longctx_lib.rmt.segment_mask(2, 0), ValueError, r"n_tokens", ()),
+    ("rmt.segment_mask", "unknown variant", lambda: longctx_lib.rmt.segment_mask(2, 4, "bert"), ValueError, r"\bvariant\b", ()),
+    ("rmt.segment_mask", "device tpu", lambda: longctx_lib.rmt.segment_mask(2, 4, device="tpu"), ValueError, r"device", ()),
+    ("rmt.RecurrentMemoryTransformer", "vocab_size 0", lambda: longctx_lib.rmt.RecurrentMemoryTransformer(0, 8, 2, 16, 1, segment_length=4), ValueError, r"vocab_size", ()),
+    ("rmt.RecurrentMemoryTransformer", "segment_length 0", lambda: _tiny_rmt(segment_length=0), ValueError, r"segment_length", ()),
+    ("rmt.RecurrentMemoryTransformer", "segment_length missing", lambda: longctx_lib.rmt.RecurrentMemoryTransformer(10, 8, 2, 16, 1), TypeError, r"segment_length", ()),
+    ("rmt.RecurrentMemoryTransformer", "n_memory -1", lambda: _tiny_rmt(n_memory=-1), ValueError, r"n_memory", ()),
+    ("rmt.RecurrentMemoryTransformer", "unknown variant", lambda: _tiny_rmt(variant="bert"), ValueError, r"\bvariant\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "encoder without blank_token", lambda: _tiny_rmt(variant="encoder"), ValueError, r"blank_token", ()),
+    ("rmt.RecurrentMemoryTransformer", "encoder with blank_token out of the vocabulary", lambda: _tiny_rmt(variant="encoder", blank_token=10), ValueError, r"blank_token", ()),
+    ("rmt.RecurrentMemoryTransformer", "bptt_depth -1", lambda: _tiny_rmt(bptt_depth=-1), ValueError, r"bptt_depth", ()),
+    ("rmt.RecurrentMemoryTransformer", "bptt_depth 1.5", lambda: _tiny_rmt(bptt_depth=1.5), ValueError, r"bptt_depth", ()),
+    ("rmt.RecurrentMemoryTransformer", "bptt_depth set to True later", lambda: setattr(_tiny_rmt(), "bptt_depth", True), ValueError, r"bptt_depth", ()),
+    ("rmt.RecurrentMemoryTransformer", "n_heads does not divide d_model", lambda: longctx_lib.rmt.RecurrentMemoryTransformer(10, 8, 3, 16, 1, segment_length=4), ValueError, r"n_heads", ()),
+    ("rmt.RecurrentMemoryTransformer", "float tokens", lambda: _tiny_rmt()(T(1, 6)), TypeError, r"\btokens\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "1-D tokens", lambda: _tiny_rmt()(_ids(6)), ValueError, r"\btokens\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "tokens is a list", lambda: _tiny_rmt()([[1, 2]]), ValueError, r"\btokens\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "token out of the vocabulary", lambda: _tiny_rmt()(torch.full((1, 6), 10)), ValueError, r"vocab_size", ()),
+    ("rmt.RecurrentMemoryTransformer", "forward with memory of another size", lambda: _tiny_rmt()(_ids(1, 6), memory=T(1, 3, 8)), ValueError, r"\bmemory\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "segment longer than segment_length", lambda: _tiny_rmt().segment(_ids(1, 5), T(1, 2, 8)), ValueError, r"segment_length", ()),
+    ("rmt.RecurrentMemoryTransformer", "segment with memory of another batch", lambda: _tiny_rmt().segment(_ids(1, 4), T(2, 2, 8)), ValueError, r"\bmemory\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "initial_memory for batch 0", lambda: _tiny_rmt().initial_memory(0), ValueError, r"\bbatch\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "answer_loss with a float mask", lambda: _tiny_rmt().answer_loss(_ids(2, 6), T(2, 6)), ValueError, r"answer_mask", ()),
+    ("rmt.RecurrentMemoryTransformer", "answer_loss with a mask of another length", lambda: _tiny_rmt().answer_loss(_ids(2, 6), _answers(2, 5, 4)), ValueError, r"answer_mask", ()),
+    ("rmt.RecurrentMemoryTransformer", "answer_loss: the decoder scoring position 0", lambda: _tiny_rmt().answer_loss(_ids(2, 6), _answers(2, 6, 0)), ValueError, r"answer_mask.*position 0", ()),
+    ("rmt.RecurrentMemoryTransformer", "answer_loss with no answer", lambda: _tiny_rmt().answer_loss(_ids(2, 6), _answers(2, 6)), ValueError, r"answer_mask", ()),
+    ("rmt.RecurrentMemoryTransformer", "answer_loss with float tokens", lambda: _tiny_rmt().answer_loss(T(2, 6), _answers(2, 6, 5)), TypeError, r"\btokens\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "answer_accuracy with a float mask", lambda: _tiny_rmt().answer_accuracy(_ids(2, 6), T(2, 6)), ValueError, r"answer_mask", ()),
+    ("rmt.RecurrentMemoryTransformer", "stream of 1-D segments", lambda: list(_tiny_rmt().stream([_ids(4)])), ValueError, r"\btokens\b", ()),
+    ("rmt.RecurrentMemoryTransformer", "stream of a too-long segment", lambda: list(_tiny_rmt().stream([_ids(1, 5)])), ValueError, r"segment_length", ()),
+    ("rmt.evaluate_segments", "not a model", lambda: longctx_lib.rmt.evaluate_segments("model", _batcher, [1]), TypeError, r"\bmodel\b", ()),
+    ("rmt.evaluate_segments", "make_batch not callable", lambda: longctx_lib.rmt.evaluate_segments(_tiny_rmt(), 3, [1]), TypeError, r"make_batch", ()),
+    ("rmt.evaluate_segments", "0 segments", lambda: longctx_lib.rmt.evaluate_segments(_tiny_rmt(), _batcher, [1, 0]), ValueError, r"\bsegments\b", ()),
+    ("rmt.evaluate_segments", "n_sequences 0", lambda: longctx_lib.rmt.evaluate_segments(_tiny_rmt(), _batcher, [1], n_sequences=0), ValueError, r"n_sequences", ()),
+    ("rmt.evaluate_segments", "batch 0", lambda: longctx_lib.rmt.evaluate_segments(_tiny_rmt(), _batcher, [1], batch=0), ValueError, r"\bbatch\b", ()),
+    ("rmt.train_curriculum", "not a model", lambda: longctx_lib.rmt.train_curriculum(torch.nn.Linear(2, 2), _batcher, max_segments=2), TypeError, r"\bmodel\b", ()),
+    ("rmt.train_curriculum", "make_batch not callable", lambda: longctx_lib.rmt.train_curriculum(_tiny_rmt(), None, max_segments=2), TypeError, r"make_batch", ()),
+    ("rmt.train_curriculum", "max_segments 0", lambda: longctx_lib.rmt.train_curriculum(_tiny_rmt(), _batcher, max_segments=0), ValueError, r"max_segments", ()),
+    ("rmt.train_curriculum", "threshold 1.5", lambda: longctx_lib.rmt.train_curriculum(_tiny_rmt(), _batcher, max_segments=2, threshold=1.5), ValueError, r"threshold", ()),
+    ("rmt.train_curriculum", "steps 0", lambda: longctx_lib.rmt.train_curriculum(_tiny_rmt(), _batcher, max_segments=2, steps=0), ValueError, r"\bsteps\b", ()),
+    ("rmt.train_curriculum", "eval_every 0", lambda: longctx_lib.rmt.train_curriculum(_tiny_rmt(), _batcher, max_segments=2, eval_every=0), ValueError, r"eval_every", ()),
+    ("rmt.streaming_run", "n_segments 0", lambda: longctx_lib.rmt.streaming_run(0), ValueError, r"n_segments", ()),
+    ("rmt.streaming_run", "device tpu", lambda: longctx_lib.rmt.streaming_run(1, device="tpu"), ValueError, r"device", ()),
+    ("rmt.training_step_run", "n_segments 0", lambda: longctx_lib.rmt.training_step_run(0), ValueError, r"n_segments", ()),
+    ("rmt.training_step_run", "bptt_depth -1", lambda: longctx_lib.rmt.training_step_run(1, bptt_depth=-1), ValueError, r"bptt_depth", ()),
+    ("rmt.training_step_run", "device tpu", lambda: longctx_lib.rmt.training_step_run(1, device="tpu"), ValueError, r"device", ()),
+    ("rmt.transformer_flops", "length 0", lambda: longctx_lib.rmt.transformer_flops(0, **FLOP_SIZES), ValueError, r"\blength\b", ()),
+    ("rmt.transformer_flops", "n_heads does not divide d_model", lambda: longctx_lib.rmt.transformer_flops(8, **dict(FLOP_SIZES, n_heads=3)), ValueError, r"n_heads", ()),
+    ("rmt.transformer_flops", "n_logits -1", lambda: longctx_lib.rmt.transformer_flops(8, n_logits=-1, **FLOP_SIZES), ValueError, r"n_logits", ()),
+    ("rmt.transformer_flops", "d_model missing", lambda: longctx_lib.rmt.transformer_flops(8, n_layers=1, n_heads=1, d_ff=4, vocab_size=4), TypeError, r"d_model", ()),
+    ("rmt.rmt_flops", "segment_length 0", lambda: longctx_lib.rmt.rmt_flops(8, segment_length=0, n_memory=2, **FLOP_SIZES), ValueError, r"segment_length", ()),
+    ("rmt.rmt_flops", "n_memory -1", lambda: longctx_lib.rmt.rmt_flops(8, segment_length=4, n_memory=-1, **FLOP_SIZES), ValueError, r"n_memory", ()),
+    ("rmt.rmt_flops", "unknown variant", lambda: longctx_lib.rmt.rmt_flops(8, segment_length=4, n_memory=2, variant="bert", **FLOP_SIZES), ValueError, r"\bvariant\b", ()),
+    ("rmt.rmt_flops", "length 2.5", lambda: longctx_lib.rmt.rmt_flops(2.5, segment_length=4, n_memory=2, **FLOP_SIZES), ValueError, r"\blength\b", ()),
     # grading
     ("grading.check", "unknown suite", lambda: longctx_lib.grading.check("nope", lambda: None), ValueError, r"suite_name", ()),
     ("grading.check", "fn not callable", lambda: longctx_lib.grading.check("max_length", 3), TypeError, r"\bfn\b", ()),
