@@ -61,6 +61,8 @@ from . import infini as _infini_module
 from . import lsh as _lsh_module
 from . import reformer as _reformer_module
 from . import reversible as _reversible_module
+from . import rmt as _rmt_module
+from . import transformer as _transformer_module
 
 __all__ = ["Suite", "SUITES", "check", "graded_on_its_own", "draw_cases", "verify", "referenced_library_names",
            "forbidden_uses", "make_execute_preprocessor", "GRADER_DIR_ENV"]
@@ -2051,6 +2053,554 @@ for _name, _cases_fn, _reference, _compare in (
 for _name, _cases_fn in (("infini_gate_small", _gate_small_cases), ("infini_gate", _gate_cases)):
     _register(Suite(_name, _cases_fn, _mem_run, _mem_reference, _mem_compare, _mem_describe, _INFINI_FORBIDDEN,
                     _infini_blocked))
+
+
+# --- the Recurrent Memory Transformer (chapter 6) ---------------------------------
+# Assignment 6 grades five functions, each on its own. ``model`` is a decoder RMT with the
+# library's attributes: n_memory m, segment_length S, d_model, embed, pos (S + 2m rows: read
+# memory, tokens, write memory), backbone (longctx_lib.transformer.Transformer, called with
+# mask=...), head, memory (the first segment's memory), initial_memory(batch) and segment(...):
+#   decoder_mask(m, n)                                -> bool (2m + n, 2m + n), True = blocked
+#   rmt_segment(model, tokens, memory, mask_fn=...)   -> (logits (B, n, V), new memory (B, m, d))
+#   run_segments(model, tokens, bptt_depth)           -> logits (B, L, V): the loop, BPTT truncated
+#   full_attention_flops(L, n_layers, n_heads, d_model, d_ff, vocab_size, n_logits=None)  -> int
+#   rmt_forward_flops(L, S, m, n_layers, n_heads, d_model, d_ff, vocab_size, flops=...)   -> int
+# A model travels as its sizes and float64 parameters and is rebuilt on both sides: for the
+# student's function as _CaseRMT (those attributes around the library's Transformer, nothing
+# of longctx_lib.rmt), for the reference as longctx_lib.rmt.RecurrentMemoryTransformer with
+# the same parameters. The masks are compared with rmt.segment_mask, a segment with
+# RecurrentMemoryTransformer.segment, the loop with RecurrentMemoryTransformer.forward (its
+# bptt_depth set), values and the gradients of every parameter, in float64; the FLOPs, exact
+# integers, with rmt.transformer_flops and rmt.rmt_flops (encoder variant). So that one
+# mistake is not graded twice, exercise 2's hidden tests hand rmt_segment a right mask
+# (_ref_decoder_mask), exercise 3's model.segment is a right segment (_CaseRMT.segment), and
+# rmt_forward_flops gets a right full_attention_flops (_ref_full_flops); tests/test_grading_06.py
+# checks that the three agree with the library. Which segments a loss on the last segment
+# reaches is read from the embedding's gradient: the bptt cases use every token id once, so
+# each row of embed.weight's gradient belongs to one position.
+_REF_RMT = _rmt_module.RecurrentMemoryTransformer
+_REF_SEGMENT_MASK = _rmt_module.segment_mask
+_REF_TRANSFORMER_FLOPS = _rmt_module.transformer_flops
+_REF_RMT_FLOPS = _rmt_module.rmt_flops
+_RMT_FORBIDDEN = ("longctx_lib.rmt", "longctx_lib.grading")
+
+
+def _ref_decoder_mask(n_memory: int, n_tokens: int) -> torch.Tensor:
+    """A right decoder mask, written from torch alone: what exercise 2's hidden tests pass as ``mask_fn``."""
+    m, n = n_memory, n_tokens
+    blocked = torch.ones(2 * m + n, 2 * m + n, dtype=torch.bool)
+    blocked[:m, :m] = False  # read <- read
+    blocked[m:m + n, :m] = False  # tokens <- read
+    blocked[m:m + n, m:m + n] = torch.ones(n, n, dtype=torch.bool).triu(1)  # tokens <- earlier tokens
+    blocked[m + n:] = False  # write <- everything
+    return blocked
+
+
+def _ref_full_flops(length: int, n_layers: int, n_heads: int, d_model: int, d_ff: int, vocab_size: int,
+                    n_logits: int | None = None) -> int:
+    """A right ``full_attention_flops``: what the hidden tests of ``rmt_forward_flops`` pass as ``flops``."""
+    n_logits = length if n_logits is None else n_logits
+    per_layer = 8 * length * d_model * d_model + 4 * length * d_model * d_ff + 4 * length * length * d_model
+    return n_layers * per_layer + 2 * n_logits * d_model * vocab_size
+
+
+class _CaseRMT(nn.Module):
+    """The model a student's function gets: the library's attributes, the library's Transformer
+    as backbone, and a right ``segment`` (exercise 3 uses it; blocked elsewhere)."""
+
+    def __init__(self, sizes: dict, dtype: torch.dtype = torch.float64) -> None:
+        nn.Module.__init__(self)
+        d, m, s = sizes["d_model"], sizes["n_memory"], sizes["segment_length"]
+        self.vocab_size, self.d_model, self.segment_length, self.n_memory = sizes["vocab_size"], d, s, m
+        with torch.random.fork_rng(devices=[]):  # the initial values are replaced: leave the caller's RNG alone
+            self.embed = nn.Embedding(sizes["vocab_size"], d)
+            self.pos = nn.Embedding(s + 2 * m, d)
+            self.memory = nn.Parameter(torch.zeros(m, d))
+            self.backbone = _transformer_module.Transformer(d, sizes["n_heads"], sizes["d_ff"], sizes["n_layers"])
+            self.head = nn.Linear(d, sizes["vocab_size"])
+        self.to(dtype)
+
+    def initial_memory(self, batch: int) -> torch.Tensor:
+        return self.memory.unsqueeze(0).expand(batch, -1, -1)
+
+    def segment(self, tokens: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, m = tokens.shape[1], self.n_memory
+        pos = self.pos.weight
+        x = torch.cat([memory + pos[:m], self.embed(tokens) + pos[m:m + n], memory + pos[m + self.segment_length:]],
+                      dim=1)  # (B, 2m + n, d)
+        h = self.backbone(x, mask=_ref_decoder_mask(m, n).to(x.device))
+        return self.head(h[:, m:m + n]), h[:, m + n:]
+
+
+def _sorted_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return sorted(model.named_parameters())
+
+
+def _case_rmt(spec: dict) -> _CaseRMT:
+    model = _CaseRMT(spec["sizes"])
+    model.load_state_dict(spec["state"])
+    return model
+
+
+def _ref_rmt(spec: dict, bptt_depth: int | None = None) -> nn.Module:
+    s = spec["sizes"]
+    with torch.random.fork_rng(devices=[]):
+        model = _REF_RMT(s["vocab_size"], s["d_model"], s["n_heads"], s["d_ff"], s["n_layers"],
+                         segment_length=s["segment_length"], n_memory=s["n_memory"], bptt_depth=bptt_depth)
+    model.to(torch.float64).load_state_dict(spec["state"])
+    return model
+
+
+def _rmt_spec(gen: torch.Generator, *, vocab_size: int, d_model: int, n_heads: int, d_ff: int, n_layers: int,
+              segment_length: int, n_memory: int) -> dict:
+    """Sizes and random float64 parameters of a decoder RMT (plain data): LayerNorm gains near 1,
+    weights scaled by 1/sqrt(fan_in), embeddings and memory of order 1."""
+    sizes = {"vocab_size": vocab_size, "d_model": d_model, "n_heads": n_heads, "d_ff": d_ff, "n_layers": n_layers,
+             "segment_length": segment_length, "n_memory": n_memory}
+    state = {}
+    for name, p in _CaseRMT(sizes).state_dict().items():
+        r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        parts = name.split(".")
+        if len(parts) > 1 and parts[-2].startswith("norm") and parts[-1] == "weight":
+            r = 1 + 0.2 * r
+        elif name.endswith("bias"):
+            r = 0.2 * r
+        elif name == "pos.weight":
+            r = 0.5 * r
+        elif p.dim() == 2 and name not in ("embed.weight", "memory"):
+            r = r * p.shape[1] ** -0.5
+        state[name] = r
+    return {"sizes": sizes, "state": state}
+
+
+def _random_rmt_spec(rng: random.Random, gen: torch.Generator, *, vocab_size: int | None = None,
+                     segment_length: int | None = None, n_memory: int | None = None) -> dict:
+    heads = rng.choice([1, 2, 4])
+    vocab_size = vocab_size or rng.randint(3, 40)
+    d_model = heads * rng.randint(1, 4) + 4 * (heads == 1)  # >= 2: LayerNorm of one feature is 0
+    return _rmt_spec(gen, vocab_size=vocab_size, d_model=d_model, n_heads=heads, d_ff=rng.randint(4, 24),
+                     n_layers=rng.randint(1, 2), segment_length=segment_length or rng.randint(1, 8),
+                     n_memory=rng.randint(0, 4) if n_memory is None else n_memory)
+
+
+def _rmt_describe(c: dict) -> str:
+    s = c["model"]["sizes"]
+    extras = [c["note"]] if c.get("note") else []
+    shape = f"tokens {tuple(c['tokens'].shape)}"
+    if c["what"] == "segment":
+        if c["tokens"].shape[1] < s["segment_length"]:
+            extras.append("a segment shorter than segment_length")
+        if c.get("up") is not None:
+            extras.append("gradients checked")
+    else:
+        k = c["bptt"]
+        n_seg = -(-c["tokens"].shape[1] // s["segment_length"])
+        shape += f" = {n_seg} segment(s), bptt_depth={k}"
+        extras.append("loss on the last segment" if c.get("last_only") else "gradients checked")
+    return (f"model(d_model={s['d_model']}, n_heads={s['n_heads']}, d_ff={s['d_ff']}, n_layers={s['n_layers']}, "
+            f"vocab_size={s['vocab_size']}, segment_length={s['segment_length']}, n_memory={s['n_memory']}), "
+            + shape + (f" ({'; '.join(extras)})" if extras else ""))
+
+
+# decoder mask ---------------------------------------------------------------------------
+def _mask_cases(seed: int) -> list[dict]:
+    """Every n_memory 0-6 with n_tokens 1-12, and a few larger."""
+    cases = [{"m": m, "n": n} for m in range(7) for n in range(1, 13)]
+    return cases + [{"m": 16, "n": 64}, {"m": 1, "n": 100}, {"m": 10, "n": 1}, {"m": 0, "n": 50}]
+
+
+def _mask_compare(got: Any, expected: torch.Tensor, c: dict) -> str | None:
+    if not isinstance(got, torch.Tensor) or type(got) is not torch.Tensor:
+        return f"expected a torch.Tensor, got {type(got).__name__}"
+    if got.dtype != torch.bool:
+        return f"dtype {got.dtype}; return a bool tensor (True where position i may NOT see position j)"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"shape {tuple(got.shape)}, expected {tuple(expected.shape)} = (2 n_memory + n_tokens, the same)"
+    got = got.cpu()
+    wrong = (got != expected).nonzero().tolist()
+    if not wrong:
+        return None
+    if len(wrong) == got.numel():
+        return "every entry is the opposite of the expected one: True means blocked (may NOT see)"
+    m, n = c["m"], c["n"]
+    kind = lambda t: "read memory" if t < m else "token" if t < m + n else "write memory"  # noqa: E731
+    i, j = wrong[0]
+    return (f"{len(wrong)} entries wrong, e.g. ({i}, {j}): row {i} ({kind(i)}) and column {j} ({kind(j)}) should be "
+            f"{'blocked (True)' if expected[i, j] else 'visible (False)'}")
+
+
+def _mask_describe(c: dict) -> str:
+    return f"decoder_mask(n_memory={c['m']}, n_tokens={c['n']})"
+
+
+# one segment ------------------------------------------------------------------------------
+def _segment_case(spec: dict, batch: int, n: int, gen: torch.Generator, *, grads: bool = False,
+                  tol: float = 1e-9, note: str | None = None) -> dict:
+    """Tokens, an incoming memory (random, order 1) and, with ``grads``, upstream gradients for both
+    outputs. Tolerance, relative to 1 + |expected|: float64 through a few layers with LayerNorms
+    agrees to ~1e-14; a mistake (a position, the mask, the wrong outputs) is off by 1e-2 or more."""
+    s = spec["sizes"]
+    tokens = torch.randint(0, s["vocab_size"], (batch, n), generator=gen)
+    c = {"what": "segment", "model": spec, "tokens": tokens,
+         "memory": torch.randn(batch, s["n_memory"], s["d_model"], generator=gen, dtype=torch.float64),
+         "up": None, "tol": tol, "note": note}
+    if grads:
+        c["up"] = [torch.randn(batch, n, s["vocab_size"], generator=gen, dtype=torch.float64),
+                   torch.randn(batch, s["n_memory"], s["d_model"], generator=gen, dtype=torch.float64)]
+    return c
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread while a case runs: the cases' models are tiny, and on a busy machine two
+    threads synchronising over every small operation made the suites 10-35 times slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _segment_values(model: nn.Module, call: Callable[..., Any], c: dict) -> tuple:
+    """``call(model, tokens, memory)`` on the case: (outputs, gradients of (memory, *parameters), memory unchanged)."""
+    grads = c.get("up") is not None
+    memory = c["memory"].clone().requires_grad_(grads)
+    leaves = [memory, *(p for _, p in _sorted_parameters(model))]
+    with _one_thread(), torch.enable_grad():
+        out = call(model, c["tokens"].clone(), memory)
+        values = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        found = _mem_grads(values, c["up"], leaves) if grads else None
+    return values, found, torch.equal(memory.detach(), c["memory"])
+
+
+def _segment_run(fn: Callable[..., Any], c: dict) -> tuple:
+    return _segment_values(_case_rmt(c["model"]),
+                           lambda model, tokens, memory: fn(model, tokens, memory, mask_fn=_ref_decoder_mask), c)
+
+
+def _segment_reference(c: dict) -> tuple:
+    return _segment_values(_ref_rmt(c["model"]), lambda model, tokens, memory: model.segment(tokens, memory), c)
+
+
+def _rmt_grad_problem(grads: Any, expected: tuple | None, names: list[str], tol: float) -> str | None:
+    if expected is None:
+        return None
+    if not isinstance(grads, tuple) or len(grads) != len(expected):
+        return "no gradients: let autograd record the computation (no torch.no_grad(), no detach)"
+    for name, g, e in zip(names, grads, expected):
+        if e is None or not e.numel():  # nothing to reach (no memory)
+            continue
+        if g is None and not e.any():  # None and zeros say the same (nothing reached it)
+            continue
+        if g is None:
+            return f"no gradient reaches {name}: let autograd record the computation (no detach, no torch.no_grad())"
+        problem = _close_problem(g, e, tol, relative=True)
+        if problem:
+            return f"the gradient with respect to {name}: {problem}"
+    return None
+
+
+def _segment_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 3:  # only a hand-made results file
+        return "no results"
+    values, grads, unchanged = got
+    if not (isinstance(values, tuple) and len(values) == 2):
+        return "return a tuple (logits, new_memory)"
+    tol = c["tol"]
+    problem = _tuple_problem(values, expected[0], ("logits", "new memory"), (tol, tol), (True, True))
+    if problem:
+        return problem
+    if unchanged is not True:
+        return "the function changed the memory it was given in place; return new tensors"
+    names = ["the incoming memory", *(name for name in sorted(c["model"]["state"]))]
+    return _rmt_grad_problem(grads, expected[1], names, tol)
+
+
+def _segment_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: a full segment, a shorter one, no memory at all."""
+    gen = torch.Generator().manual_seed(seed)
+    spec = _rmt_spec(gen, vocab_size=10, d_model=8, n_heads=2, d_ff=16, n_layers=1, segment_length=4, n_memory=2)
+    no_memory = _rmt_spec(gen, vocab_size=10, d_model=8, n_heads=2, d_ff=16, n_layers=1, segment_length=4,
+                          n_memory=0)
+    return [_segment_case(spec, 2, 4, gen, note="a full segment"), _segment_case(spec, 2, 2, gen),
+            _segment_case(no_memory, 2, 4, gen, note="n_memory 0")]
+
+
+def _segment_cases(seed: int) -> list[dict]:
+    """float64 on random models and sizes: full and shorter segments, one token, no memory, batch 1."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(24):
+        spec = _random_rmt_spec(rng, gen, n_memory=0 if i % 6 == 0 else None)
+        s = spec["sizes"]["segment_length"]
+        n = s if i % 2 else rng.randint(1, s)
+        cases.append(_segment_case(spec, rng.randint(1, 3), n, gen, note="n_memory 0" if i % 6 == 0 else None))
+    spec = _random_rmt_spec(rng, gen, segment_length=6, n_memory=3)
+    cases += [_segment_case(spec, 2, 1, gen, note="one token"), _segment_case(spec, 1, 6, gen, note="batch 1")]
+    return cases
+
+
+def _segment_grad_cases(seed: int) -> list[dict]:
+    """Gradients of the incoming memory and every parameter; causality by perturbation: the
+    same segment with the tokens after position t changed (the logits up to t do not change)."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(12):
+        spec = _random_rmt_spec(rng, gen, n_memory=0 if i % 6 == 0 else None)
+        s = spec["sizes"]["segment_length"]
+        cases.append(_segment_case(spec, rng.randint(1, 3), s if i % 2 else rng.randint(1, s), gen, grads=True))
+    for _ in range(2):
+        spec = _random_rmt_spec(rng, gen, segment_length=6, n_memory=rng.randint(1, 3))
+        base = _segment_case(spec, 2, 6, gen, grads=True, note="base")
+        cases.append(base)
+        for t in (0, 2, 4):
+            tokens = base["tokens"].clone()
+            tokens[:, t + 1:] = (tokens[:, t + 1:] + 1 + torch.randint(0, spec["sizes"]["vocab_size"] - 1,
+                                                                        (2, 5 - t), generator=gen)) \
+                % spec["sizes"]["vocab_size"]
+            cases.append({**base, "tokens": tokens, "note": f"tokens after position {t} changed"})
+    return cases
+
+
+# the segment loop -------------------------------------------------------------------------
+def _run_case(spec: dict, batch: int, length: int, bptt: int | None, gen: torch.Generator, *,
+              last_only: bool = False, distinct: bool = False, tol: float = 1e-9, note: str | None = None) -> dict:
+    """Tokens (every id once with ``distinct``: then each row of the embedding's gradient is one
+    position's), the BPTT depth, and an upstream gradient for the logits: over every position, or
+    (``last_only``) over the last segment's (a loss where the paper's tasks ask their question).
+    Tolerance as for one segment: rounding grows a little over the segments (~1e-13)."""
+    s = spec["sizes"]
+    if distinct:
+        tokens = torch.randperm(s["vocab_size"], generator=gen)[:batch * length].view(batch, length)
+    else:
+        tokens = torch.randint(0, s["vocab_size"], (batch, length), generator=gen)
+    up = torch.randn(batch, length, s["vocab_size"], generator=gen, dtype=torch.float64)
+    if last_only:
+        up[:, :(length - 1) // s["segment_length"] * s["segment_length"]] = 0.0
+    return {"what": "run", "model": spec, "tokens": tokens, "bptt": bptt, "up": up, "last_only": last_only,
+            "tol": tol, "note": note}
+
+
+def _run_values(model: nn.Module, call: Callable[..., Any], c: dict) -> tuple:
+    """``call(model, tokens, bptt_depth)``: (logits, gradients of every parameter for the case's upstream)."""
+    params = [p for _, p in _sorted_parameters(model)]
+    with _one_thread(), torch.enable_grad():
+        logits = call(model, c["tokens"].clone(), c["bptt"])
+        found = None
+        if isinstance(logits, torch.Tensor) and logits.requires_grad and tuple(logits.shape) == tuple(c["up"].shape):
+            found = tuple(torch.autograd.grad(logits, params, c["up"], allow_unused=True))
+    return logits, found
+
+
+def _run_run(fn: Callable[..., Any], c: dict) -> tuple:
+    return _run_values(_case_rmt(c["model"]), fn, c)
+
+
+def _run_reference(c: dict) -> tuple:
+    model = _ref_rmt(c["model"], c["bptt"])
+    return _run_values(model, lambda model, tokens, bptt: model(tokens), c)
+
+
+def _segments_reached(grads: tuple, c: dict) -> list[int]:
+    """Segments whose tokens' embeddings got a gradient (``distinct`` tokens: one row per position)."""
+    embed = grads[sorted(c["model"]["state"]).index("embed.weight")]
+    s, length = c["model"]["sizes"]["segment_length"], c["tokens"].shape[1]
+    return [i for i, a in enumerate(range(0, length, s))
+            if embed is not None and bool(embed[c["tokens"][:, a:a + s].reshape(-1)].abs().sum() > 0)]
+
+
+def _run_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 2:  # only a hand-made results file
+        return "no results"
+    logits, grads = got
+    problem = _close_problem(logits, expected[0], c["tol"], relative=True)
+    if problem:
+        return f"logits: {problem}"
+    if grads is None:
+        return ("no gradients reach the parameters: let autograd record every segment (detach only the memory "
+                "passed between segments)")
+    if not isinstance(grads, tuple) or len(grads) != len(expected[1]):
+        return "no gradients"
+    if c.get("last_only"):
+        reached, want = _segments_reached(grads, c), _segments_reached(expected[1], c)
+        if reached != want:
+            k = c["bptt"]
+            return (f"a loss on the last segment reaches segments {reached}; with bptt_depth={k} it must reach "
+                    + ("every segment" if k is None else f"the last {k} + 1") + f": {want}")
+    names = sorted(c["model"]["state"])
+    problem = _rmt_grad_problem(grads, expected[1], names, c["tol"])
+    if problem:
+        return problem + (" (each segment's logits keep their graph; only the memory passed from one segment to "
+                          "the next is detached, where bptt_depth says)")
+    return None
+
+
+def _random_run_case(rng: random.Random, gen: torch.Generator, *, last_only: bool = False) -> dict:
+    s = rng.randint(1, 5)
+    n_seg = rng.randint(1, 6)
+    length = (n_seg - 1) * s + rng.randint(1, s)  # the last segment may be shorter
+    batch = rng.randint(1, 2)
+    k = rng.choice([None, 0, 1, 2, n_seg - 1, n_seg, n_seg + 3])
+    spec = _random_rmt_spec(rng, gen, segment_length=s, vocab_size=batch * length + rng.randint(0, 4)
+                            if last_only else None)
+    return _run_case(spec, batch, length, k, gen, last_only=last_only, distinct=last_only)
+
+
+def _run_small_cases(seed: int) -> list[dict]:
+    """What the visible tests check: four segments (the last shorter), every token id once, bptt_depth
+    None and 1: the logits, and the segments a loss on the last segment reaches."""
+    gen = torch.Generator().manual_seed(seed)
+    spec = _rmt_spec(gen, vocab_size=40, d_model=8, n_heads=2, d_ff=16, n_layers=1, segment_length=4, n_memory=2)
+    return [_run_case(spec, 2, 14, k, gen, last_only=True, distinct=True) for k in (None, 1)]
+
+
+def _run_cases(seed: int) -> list[dict]:
+    """Random models, lengths (shorter last segments, one segment, one token per segment), depths
+    (None, 0, more than the segments) and n_memory 0; values and every parameter's gradient."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = [_random_run_case(rng, gen) for _ in range(16)]
+    spec = _random_rmt_spec(rng, gen, segment_length=3, n_memory=0)
+    cases.append(_run_case(spec, 2, 8, None, gen, note="n_memory 0: segments that never meet"))
+    spec = _random_rmt_spec(rng, gen, segment_length=5, n_memory=2)
+    cases += [_run_case(spec, 2, 4, 0, gen, note="shorter than one segment"),
+              _run_case(spec, 1, 10, 0, gen, note="two full segments")]
+    spec = _random_rmt_spec(rng, gen, segment_length=1, n_memory=2)
+    cases.append(_run_case(spec, 2, 5, 2, gen, note="one token per segment"))
+    return cases
+
+
+def _run_bptt_cases(seed: int) -> list[dict]:
+    """A loss on the last segment only: it must reach exactly the last bptt_depth + 1 segments
+    (every one with None). Depths 0, 1, n - 1, n, None; a shorter last segment; random cases."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    cases = []
+    for s, length, n_memory in ((3, 14, 2), (4, 16, 1)):  # 5 segments, the last of 2 tokens; 4 full segments
+        n_seg = -(-length // s)
+        spec = _random_rmt_spec(rng, gen, segment_length=s, n_memory=n_memory, vocab_size=2 * length + 3)
+        for k in (0, 1, 2, n_seg - 1, n_seg, None):
+            cases.append(_run_case(spec, 2, length, k, gen, last_only=True, distinct=True))
+    return cases + [_random_run_case(rng, gen, last_only=True) for _ in range(10)]
+
+
+# FLOPs ----------------------------------------------------------------------------------------
+_OPT_125M = dict(_rmt_module.OPT_MODELS["OPT-125M"])  # the smallest model of the paper's FLOP comparison
+
+
+def _model_sizes(rng: random.Random) -> dict:
+    heads = rng.choice([1, 2, 4, 8, 12, 16, 32])
+    d = heads * rng.randint(1, 128)
+    return {"n_layers": rng.randint(1, 96), "n_heads": heads, "d_model": d,
+            "d_ff": rng.choice([d, 2 * d, 4 * d, rng.randint(1, 8192)]), "vocab_size": rng.randint(2, 60000)}
+
+
+def _flops_args(c: dict) -> list[int]:
+    return [c[k] for k in ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size")]
+
+
+def _full_flops_run(fn: Callable[..., Any], c: dict) -> Any:
+    args = [c["length"], *_flops_args(c)]
+    return fn(*args) if c["n_logits"] is None else fn(*args, n_logits=c["n_logits"])
+
+
+def _full_flops_reference(c: dict) -> int:
+    return _REF_TRANSFORMER_FLOPS(c["length"], n_logits=c["n_logits"],
+                                  **{k: c[k] for k in ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size")})
+
+
+def _rmt_flops_run(fn: Callable[..., Any], c: dict) -> Any:
+    return fn(c["length"], c["segment_length"], c["n_memory"], *_flops_args(c), flops=_ref_full_flops)
+
+
+def _rmt_flops_reference(c: dict) -> int:
+    return _REF_RMT_FLOPS(c["length"], segment_length=c["segment_length"], n_memory=c["n_memory"], variant="encoder",
+                          **{k: c[k] for k in ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size")})
+
+
+def _flops_describe(c: dict) -> str:
+    sizes = ", ".join(f"{k}={c[k]}" for k in ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size"))
+    if "segment_length" in c:
+        return f"rmt_forward_flops(length={c['length']}, segment_length={c['segment_length']}, " \
+               f"n_memory={c['n_memory']}, {sizes})"
+    return f"full_attention_flops(length={c['length']}, {sizes}" + \
+        (f", n_logits={c['n_logits']})" if c["n_logits"] is not None else ")")
+
+
+def _flops_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: one layer by hand, OPT-125M at 2,048 tokens, one RMT by hand."""
+    tiny = {"n_layers": 1, "n_heads": 1, "d_model": 2, "d_ff": 4, "vocab_size": 3}
+    return [{"length": 3, "n_logits": None, **tiny}, {"length": 3, "n_logits": 1, **tiny},
+            {"length": 2048, "n_logits": None, **_OPT_125M},
+            {"length": 5, "segment_length": 2, "n_memory": 1, "n_logits": None, **tiny},
+            {"length": 2_048_000, "segment_length": 512, "n_memory": 10, "n_logits": None, **_OPT_125M}]
+
+
+def _full_flops_cases(seed: int) -> list[dict]:
+    """Random sizes and lengths to 2^21, scored positions all, none or some; OPT-125M at 2,048,000 tokens."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(200):
+        length = rng.randint(1, 2 ** rng.randint(1, 21))
+        n_logits = [None, 0, rng.randint(0, length)][i % 3]
+        cases.append({"length": length, "n_logits": n_logits, **_model_sizes(rng)})
+    return cases + [{"length": 2_048_000, "n_logits": None, **_OPT_125M},
+                    {"length": 1, "n_logits": None, **_OPT_125M}]
+
+
+def _rmt_flops_cases(seed: int) -> list[dict]:
+    """Random sizes, segments and memories (0 included); lengths that are and are not a multiple of
+    the segment length, and shorter than one segment; OPT-125M at 2,048,000 tokens."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(200):
+        s = rng.randint(1, 4096)
+        length = [s * rng.randint(1, 2000), s * rng.randint(0, 2000) + rng.randint(1, s), rng.randint(1, s)][i % 3]
+        cases.append({"length": length, "segment_length": s, "n_memory": 0 if i % 10 == 0 else rng.randint(1, 128),
+                      "n_logits": None, **_model_sizes(rng)})
+    return cases + [{"length": 2_048_000, "segment_length": 512, "n_memory": 10, "n_logits": None, **_OPT_125M},
+                    {"length": 2_048_001, "segment_length": 512, "n_memory": 10, "n_logits": None, **_OPT_125M}]
+
+
+def _flops_small_run(fns: Any, c: dict) -> Any:
+    full, rmt = fns
+    return _rmt_flops_run(rmt, c) if "segment_length" in c else _full_flops_run(full, c)
+
+
+def _flops_small_reference(c: dict) -> int:
+    return _rmt_flops_reference(c) if "segment_length" in c else _full_flops_reference(c)
+
+
+def _rmt_blocked(*, mask_allowed: bool = False, segment_allowed: bool = False,
+                 flops_allowed: bool = False) -> tuple[Callable[..., Any], ...]:
+    ours = (_segment_reference, _run_reference, _full_flops_reference, _rmt_flops_reference, _flops_small_reference,
+            _ref_rmt)
+    ours += () if mask_allowed else (_ref_decoder_mask,)
+    ours += () if segment_allowed else (_CaseRMT.segment,)
+    ours += () if flops_allowed else (_ref_full_flops,)
+    return (*_module_functions(_rmt_module), *ours)
+
+
+for _name, _cases_fn in (("rmt_mask_small", lambda seed: [{"m": 1, "n": 2}, {"m": 2, "n": 3}, {"m": 0, "n": 4}]),
+                         ("rmt_mask", _mask_cases)):
+    _register(Suite(_name, _cases_fn, lambda fn, c: fn(c["m"], c["n"]),
+                    lambda c: _REF_SEGMENT_MASK(c["m"], c["n"], "decoder"), _mask_compare, _mask_describe,
+                    _RMT_FORBIDDEN, _rmt_blocked))
+for _name, _cases_fn in (("rmt_segment_small", _segment_small_cases), ("rmt_segment", _segment_cases),
+                         ("rmt_segment_grads", _segment_grad_cases)):
+    _register(Suite(_name, _cases_fn, _segment_run, _segment_reference, _segment_compare, _rmt_describe,
+                    _RMT_FORBIDDEN, lambda: _rmt_blocked(mask_allowed=True)))
+for _name, _cases_fn in (("rmt_run_small", _run_small_cases), ("rmt_run", _run_cases),
+                         ("rmt_run_bptt", _run_bptt_cases)):
+    _register(Suite(_name, _cases_fn, _run_run, _run_reference, _run_compare, _rmt_describe, _RMT_FORBIDDEN,
+                    lambda: _rmt_blocked(mask_allowed=True, segment_allowed=True)))
+_register(Suite("rmt_flops_small", _flops_small_cases, _flops_small_run, _flops_small_reference,
+                lambda got, exp, c: _exact_int(got, exp), _flops_describe, _RMT_FORBIDDEN,
+                lambda: _rmt_blocked(flops_allowed=True)))
+_register(Suite("rmt_flops_full", _full_flops_cases, _full_flops_run, _full_flops_reference,
+                lambda got, exp, c: _exact_int(got, exp), _flops_describe, _RMT_FORBIDDEN, _rmt_blocked))
+_register(Suite("rmt_flops_segments", _rmt_flops_cases, _rmt_flops_run, _rmt_flops_reference,
+                lambda got, exp, c: _exact_int(got, exp), _flops_describe, _RMT_FORBIDDEN,
+                lambda: _rmt_blocked(flops_allowed=True)))
 
 
 # ------------------------------------------------------------------- kernel side

@@ -336,8 +336,10 @@ def train_curriculum(model: RecurrentMemoryTransformer, make_batch: Batcher, *, 
     passes the threshold.
 
     Returns ``{"history": [{"step", "segments", "loss", "accuracy"}, ...], "reached":
-    {n_segments: first step}, "steps", "seconds", "final_accuracy"}``; ``accuracy`` is
-    the validation accuracy at that step's length (``None`` between evaluations).
+    {n_segments: step}, "steps", "seconds", "final_accuracy"}``: ``reached[n]`` is the
+    step whose evaluation added the n-th segment (training on ``n`` starts at the next
+    step); ``accuracy`` is the validation accuracy at that step's length (``None``
+    between evaluations); ``final_accuracy`` the last evaluation's, at its length.
     """
     from tqdm.auto import tqdm
 
