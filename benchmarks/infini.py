@@ -60,7 +60,6 @@ import functools
 import importlib.metadata
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -76,6 +75,10 @@ from longctx_lib.device import describe_device, resolve_device, synchronize
 from longctx_lib.infini import InfiniTransformer
 from longctx_lib.measure import fit_loglog_slope, longest_within, peak_memory
 from longctx_lib.transformer import Transformer
+try:  # imported as benchmarks.<name> (the tests), or run as a script from benchmarks/
+    from benchmarks._compare import alternate, load, n_params, print_comparison, training_comparison
+except ImportError:
+    from _compare import alternate, load, n_params, print_comparison, training_comparison
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 LENGTHS = (16_384, 65_536, 262_144, 1_048_576)
@@ -152,19 +155,6 @@ def differences(cfg: BenchConfig) -> list[str]:
         "output: ours tied to the embedding, no bias; theirs a separate Linear with bias (and the embedding "
         "initialised N(0, 1), ours N(0, 1/d_model))",
     ]
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def load() -> str:
-    """The 1/5/15-minute load average and the core count, for the record."""
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
 
 
 # ------------------------------------------------------------------ the token stream
@@ -342,25 +332,6 @@ def their_train(wrapper: nn.Module, tokens: Tensor) -> float:
     return wrapper(tokens, backward=True).item()
 
 
-def alternate(runs: dict, repeats: int, device: str, desc: str, before=None) -> dict[str, list[float]]:
-    """Time each run ``repeats`` times after one warm-up, alternating, the order reversed every repeat."""
-    dev = resolve_device(device)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for name in names:  # warm-up
-        runs[name]()
-    for i in tqdm(range(repeats), desc=desc):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            if before is not None:
-                before()
-            synchronize(dev)
-            start = time.perf_counter()
-            runs[name]()
-            synchronize(dev)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def package_benchmark(cfg: BenchConfig, device: str, length: int, train_segments: int, repeats: int) -> dict:
     version = package_available()
     if version is None:
@@ -389,35 +360,12 @@ def package_benchmark(cfg: BenchConfig, device: str, length: int, train_segments
     tokens = torch.randint(0, cfg.vocab_size, (1, n + 1), generator=torch.Generator().manual_seed(1)).to(dev)
     wrapper = InfiniTransformerWrapper(theirs, segment_length=cfg.segment_length,
                                        detach_mems_every_num_segments=train_segments)
-    losses: dict[str, float] = {}
-
-    def run(name: str, fn) -> None:
-        losses[name] = fn()
-
-    def clear() -> None:
-        ours.zero_grad(set_to_none=True)
-        theirs.zero_grad(set_to_none=True)
-
-    times = alternate({"ours": functools.partial(run, "ours", functools.partial(our_train, ours, tokens)),
-                       "theirs": functools.partial(run, "theirs", functools.partial(their_train, wrapper, tokens))},
-                      repeats, device, "forward+backward, alternating", before=clear)
-    clear()
-    train = {name: n / statistics.median(t) for name, t in times.items()}
-    row["train"] = {"tokens": n, "segments": train_segments, "tokens_per_s": train, "seconds": times,
-                    "loss": losses, "ratio": train["ours"] / train["theirs"]}
+    row["train"] = training_comparison(ours, theirs, functools.partial(our_train, ours),
+                                       functools.partial(their_train, wrapper), tokens, n, train_segments,
+                                       repeats, device)
     row["differences"] = differences(cfg)
-
-    print(f"median of {repeats}, timed alternately, {load()}:")
-    print(f"{'':34} {'ours tok/s':>11} {'theirs tok/s':>13} {'ours/theirs':>12}")
-    print(f"{f'forward, stream {length:,} tokens':34} {fwd['ours']:>11,.0f} {fwd['theirs']:>13,.0f} "
-          f"{row['forward']['ratio']:>11.2f}x")
-    label = f"fwd+bwd LM loss, {train_segments} x {cfg.segment_length}"
-    print(f"{label:34} {train['ours']:>11,.0f} {train['theirs']:>13,.0f} {row['train']['ratio']:>11.2f}x")
-    print(f"  (loss at initialisation: ours {losses['ours']:.3f}, theirs {losses['theirs']:.3f} nats; "
-          f"ln {cfg.vocab_size} = {math.log(cfg.vocab_size):.3f})")
-    print("where the two models differ (same architecture, same sizes, not the same function):")
-    for d in row["differences"]:
-        print(f"  - {d}")
+    print_comparison(row, repeats=repeats, length=length, segment_length=cfg.segment_length,
+                     vocab_size=cfg.vocab_size, width=34)
     return row
 
 

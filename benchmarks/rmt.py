@@ -76,11 +76,9 @@ import functools
 import importlib.metadata
 import json
 import math
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -98,6 +96,10 @@ from longctx_lib.rmt import (
     training_step_run,
     transformer_flops,
 )
+try:  # imported as benchmarks.<name> (the tests), or run as a script from benchmarks/
+    from benchmarks._compare import alternate, load, n_params, print_comparison, training_comparison
+except ImportError:
+    from _compare import alternate, load, n_params, print_comparison, training_comparison
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 GOAL = 1.1  # peak(longest) / peak(shortest) of streaming
@@ -220,20 +222,6 @@ def differences(cfg: BenchConfig) -> list[str]:
     ]
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def load() -> str:
-    """The 1/5/15-minute load average and the core count, for the record."""
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
-
-
-# ------------------------------------------------------------------ part 1: streaming
 def full_attention_run(length: int, *, vocab_size: int = 256, d_model: int = 128, n_heads: int = 4, d_ff: int = 512,
                        n_layers: int = 2, device: torch.device | str = "cpu", seed: int = 0) -> dict:
     """The contrast: the same model reading ``length`` random tokens as ONE segment, no memory.
@@ -485,28 +473,6 @@ def their_train(wrapper: nn.Module, tokens: Tensor) -> float:
     return loss.item()
 
 
-def alternate(runs: dict[str, Callable[[], object]], repeats: int, device: str, desc: str,
-              before: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Time each run ``repeats`` times after one warm-up, alternating, the order reversed every repeat."""
-    dev = resolve_device(device)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for name in names:  # warm-up
-        if before is not None:
-            before()
-        runs[name]()
-    for i in tqdm(range(repeats), desc=desc):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            if before is not None:
-                before()
-            synchronize(dev)
-            start = time.perf_counter()
-            runs[name]()
-            synchronize(dev)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def package_benchmark(cfg: BenchConfig, device: str, length: int, train_segments: int, repeats: int) -> dict:
     version = package_available()
     if version is None:
@@ -535,35 +501,12 @@ def package_benchmark(cfg: BenchConfig, device: str, length: int, train_segments
     n = train_segments * cfg.segment_length
     tokens = torch.randint(0, cfg.vocab_size, (1, n + 1), generator=gen).to(dev)
     wrapper = RecurrentMemoryTransformerWrapper(theirs)  # no truncation: backward through every segment
-    losses: dict[str, float] = {}
-
-    def run(name: str, fn: Callable[[], float]) -> None:
-        losses[name] = fn()
-
-    def clear() -> None:
-        ours.zero_grad(set_to_none=True)
-        theirs.zero_grad(set_to_none=True)
-
-    times = alternate({"ours": functools.partial(run, "ours", functools.partial(our_train, ours, tokens)),
-                       "theirs": functools.partial(run, "theirs", functools.partial(their_train, wrapper, tokens))},
-                      repeats, device, "forward+backward, alternating", before=clear)
-    clear()
-    train = {name: n / statistics.median(t) for name, t in times.items()}
-    row["train"] = {"tokens": n, "segments": train_segments, "tokens_per_s": train, "seconds": times,
-                    "loss": losses, "ratio": train["ours"] / train["theirs"]}
+    row["train"] = training_comparison(ours, theirs, functools.partial(our_train, ours),
+                                       functools.partial(their_train, wrapper), tokens, n, train_segments,
+                                       repeats, device)
     row["differences"] = differences(cfg)
-
-    print(f"median of {repeats}, timed alternately, {load()}:")
-    print(f"{'':36} {'ours tok/s':>11} {'theirs tok/s':>13} {'ours/theirs':>12}")
-    print(f"{f'forward, stream {length:,} tokens':36} {fwd['ours']:>11,.0f} {fwd['theirs']:>13,.0f} "
-          f"{row['forward']['ratio']:>11.2f}x")
-    label = f"fwd+bwd LM loss, {train_segments} x {cfg.segment_length}"
-    print(f"{label:36} {train['ours']:>11,.0f} {train['theirs']:>13,.0f} {row['train']['ratio']:>11.2f}x")
-    print(f"  (throughput ratio: above 1 ours is faster; loss at initialisation: ours {losses['ours']:.3f}, "
-          f"theirs {losses['theirs']:.3f} nats; ln {cfg.vocab_size} = {math.log(cfg.vocab_size):.3f})")
-    print("where the two models differ (same architecture and sizes, not the same function):")
-    for d in row["differences"]:
-        print(f"  - {d}")
+    print_comparison(row, repeats=repeats, length=length, segment_length=cfg.segment_length,
+                     vocab_size=cfg.vocab_size)
     return row
 
 
