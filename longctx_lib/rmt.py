@@ -388,7 +388,8 @@ def streaming_run(n_segments: int, *, segment_length: int = 512, n_memory: int =
 
     Tokens are drawn a segment at a time, so only the weights, one segment's activations
     and the memory are alive: a workload for :func:`~longctx_lib.measure.peak_memory`
-    (module-level, picklable). Returns ``{"tokens", "seconds", "memory_bytes", "checksum"}``.
+    (module-level, picklable). Returns ``{"tokens", "seconds", "memory_bytes", "checksum", "sizes"}``
+    (``sizes``: the segment length, memory tokens, width and layers it ran with).
     """
     _check_int("n_segments", n_segments, 1)
     dev = resolve_device(device)
@@ -405,7 +406,9 @@ def streaming_run(n_segments: int, *, segment_length: int = 512, n_memory: int =
     synchronize(dev)
     memory_bytes = n_memory * d_model * model.memory.element_size()
     return {"tokens": n_segments * segment_length, "seconds": time.perf_counter() - begin,
-            "memory_bytes": memory_bytes, "checksum": float(out.float().mean())}
+            "memory_bytes": memory_bytes, "checksum": float(out.float().mean()),
+            "sizes": {"segment_length": segment_length, "n_memory": n_memory, "d_model": d_model,
+                      "n_layers": n_layers}}
 
 
 def training_step_run(n_segments: int, *, bptt_depth: int | None = None, segment_length: int = 128,
@@ -415,8 +418,8 @@ def training_step_run(n_segments: int, *, bptt_depth: int | None = None, segment
 
     The activations kept for backward are those of the last ``bptt_depth + 1`` segments
     (all with ``None``): a workload for :func:`~longctx_lib.measure.peak_memory`
-    (module-level, picklable). Returns ``{"loss", "seconds", "grad_reaches_memory"}``,
-    the last saying whether the initial memory got a gradient.
+    (module-level, picklable). Returns ``{"loss", "seconds", "grad_reaches_memory", "sizes"}``:
+    whether the initial memory got a gradient, and the segments, segment length and batch.
     """
     _check_int("n_segments", n_segments, 1)
     dev = resolve_device(device)
@@ -434,7 +437,8 @@ def training_step_run(n_segments: int, *, bptt_depth: int | None = None, segment
     synchronize(dev)
     grad = model.memory.grad
     return {"loss": loss.item(), "seconds": time.perf_counter() - begin,
-            "grad_reaches_memory": grad is not None and bool(grad.abs().sum() > 0)}
+            "grad_reaches_memory": grad is not None and bool(grad.abs().sum() > 0),
+            "sizes": {"n_segments": n_segments, "segment_length": segment_length, "batch": batch}}
 
 
 # --- FLOPs: full attention against RMT -----------------------------------------------------
