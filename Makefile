@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book test test-all lab student execute bench bench-lsh bench-reversible bench-reformer bench-infini bench-rmt checkpoints checkpoints-charlm checkpoints-passkey constraints clean
+.PHONY: help venv book test test-all lab student execute bench bench-lsh bench-reversible bench-reformer bench-infini bench-rmt bench-all checkpoints checkpoints-charlm checkpoints-passkey checkpoints-bench constraints clean
 
 help:
 	@echo "Long Context from Scratch"
@@ -42,9 +42,11 @@ help:
 	@echo "  make bench-reformer  run benchmarks/reformer.py on DEVICE (a million-token training step; against Hugging Face)"
 	@echo "  make bench-infini  run benchmarks/infini.py on DEVICE (streaming 16K-1M tokens in constant memory; against infini-transformer-pytorch)"
 	@echo "  make bench-rmt     run benchmarks/rmt.py on DEVICE (RMT streams 16K-1M tokens in constant memory, BPTT depth, FLOPs; against recurrent-memory-transformer-pytorch)"
+	@echo "  make bench-all     run longctx_lib.bench: every method side by side (time, memory, quality) -> $(OUT)/bench/ (PROFILE sets the sizes)"
 	@echo "  make checkpoints retrain chapter 2's duplication-task models -> checkpoints/duplication/"
 	@echo "  make checkpoints-charlm retrain chapter 4's character-level models -> checkpoints/charlm/ (about 20 minutes)"
 	@echo "  make checkpoints-passkey retrain chapter 5's passkey-retrieval models -> checkpoints/passkey/ (about 15 minutes)"
+	@echo "  make checkpoints-bench retrain chapter 7's quality models -> checkpoints/bench/ (about 40 minutes)"
 	@echo "  make venv       create or refresh $(VENV)"
 	@echo "  make clean      remove $(OUT)/ and caches (keeps $(VENV))"
 	@echo "Variables: PROFILE=smoke|cpu|gpu (profiles.yml), DEVICE=auto|cpu|cuda"
@@ -103,6 +105,15 @@ bench-infini: $(STAMP)
 bench-rmt: $(STAMP)
 	$(PY) benchmarks/rmt.py --stream --bptt --flops --package --full --device $(DEVICE) $(BENCH_ARGS)
 
+# Chapter 7's harness: every method on the same workloads (time and peak memory from 1K tokens
+# up to the longest each fits under the profile's budget, forward and forward+backward; accuracy
+# of the shipped quality models beyond their training length), written as JSON with the machine's
+# description and a figure. Compare two runs with:
+#   .venv/bin/python -m longctx_lib.bench compare a.json b.json
+# PROFILE=smoke takes about 3 minutes on 2 CPU cores; gpu sweeps to 1M tokens in a 40 GiB budget.
+bench-all: $(STAMP)
+	$(PY) -m longctx_lib.bench run --profile $(PROFILE) --device $(DEVICE) --out $(OUT)/bench/results-$(PROFILE).json $(BENCH_ARGS)
+
 checkpoints: $(STAMP)
 	$(PY) scripts/train_duplication.py $(TRAIN_ARGS)
 
@@ -121,6 +132,12 @@ checkpoints-charlm: $(STAMP)
 # evaluation each). PASSKEY_ARGS="--only delta" trains one run.
 checkpoints-passkey: $(STAMP)
 	$(PY) scripts/train_passkey.py $(PASSKEY_ARGS)
+
+# Retrain chapter 7's quality models (sdpa, lsh, infini, rmt on passkey, associative retrieval
+# and copy; 1,500 steps each at 128 tokens): 12 runs one after the other. BENCH_TRAIN_ARGS="--tasks copy
+# --methods rmt" trains some; two processes with disjoint --methods halve the wall time.
+checkpoints-bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m longctx_lib.bench train $(BENCH_TRAIN_ARGS)
 
 # Re-pin requirements/constraints.txt from a fresh environment (after editing
 # pyproject.toml's dependencies). Takes a couple of minutes.

@@ -18,6 +18,8 @@ One module per idea, each introduced by a chapter of the book:
 - :mod:`longctx_lib.infini` - Infini-attention: compressive memory, learned gate, streaming (ch. 5)
 - :mod:`longctx_lib.passkey` - passkey retrieval with Infini-attention: linear vs delta memory, the gate's learning rate (ch. 5)
 - :mod:`longctx_lib.rmt` - the Recurrent Memory Transformer: memory tokens, BPTT depth, curriculum, FLOPs (ch. 6)
+- :mod:`longctx_lib.bench` - every method side by side: time, memory and quality on the same workloads (ch. 7;
+  not imported here: ``from longctx_lib import bench``, or ``python -m longctx_lib.bench``)
 - :mod:`longctx_lib.grading` - tamper-resistant autograding for the assignments (not imported here)
 """
 

@@ -125,6 +125,24 @@ def _batcher(batch, n_segments, generator):
 FLOP_SIZES = {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_ff": 16, "vocab_size": 10}  # model sizes for the FLOP rows
 
 
+def _bench():
+    from longctx_lib import bench
+    return bench
+
+
+def _bench_tiny():
+    return _bench().ModelSizes(d_model=8, n_heads=2, n_layers=1, d_ff=16, segment_length=4, n_memory=2,
+                               chunk_size=4, n_hashes=1, max_length=64)
+
+
+def _bench_model(method="sdpa"):
+    return _bench().build_model(method, _bench_tiny())
+
+
+def _bench_results():
+    return {"machine": {}, "speed": [], "quality": []}
+
+
 def _cuda_absent():
     return pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
 
@@ -558,6 +576,63 @@ ROWS: list[tuple[str, str, Callable[[], Any], type | tuple, str, tuple]] = [
     ("grading.verify", "unknown suite", lambda: longctx_lib.grading.verify("nope", ".", []), ValueError, r"suite_name", ()),
     ("grading.referenced_library_names", "source not a string", lambda: longctx_lib.grading.referenced_library_names(3), TypeError, r"source", ()),
     ("grading.forbidden_uses", "unknown suite", lambda: longctx_lib.grading.forbidden_uses("nope", []), ValueError, r"suite_name", ()),
+    ("bench.ModelSizes", "d_model 0", lambda: _bench().ModelSizes(d_model=0), ValueError, r"d_model", ()),
+    ("bench.ModelSizes", "odd head size", lambda: _bench().ModelSizes(d_model=12, n_heads=4), ValueError, r"d_model.*n_heads", ()),
+    ("bench.ModelSizes", "vocab_size below the tasks", lambda: _bench().ModelSizes(vocab_size=16), ValueError, r"vocab_size", ()),
+    ("bench.SpeedConfig", "unknown method", lambda: _bench().SpeedConfig(methods=("flash",)), ValueError, r"methods", ()),
+    ("bench.SpeedConfig", "methods a string", lambda: _bench().SpeedConfig(methods="sdpa"), ValueError, r"methods", ()),
+    ("bench.SpeedConfig", "unknown mode", lambda: _bench().SpeedConfig(modes=("backward",)), ValueError, r"modes", ()),
+    ("bench.SpeedConfig", "stop below start", lambda: _bench().SpeedConfig(start=1024, stop=512), ValueError, r"stop", ()),
+    ("bench.SpeedConfig", "budget 0", lambda: _bench().SpeedConfig(budget_mib=0), ValueError, r"budget_mib", ()),
+    ("bench.SpeedConfig", "timeout -1", lambda: _bench().SpeedConfig(timeout=-1), ValueError, r"timeout", ()),
+    ("bench.SpeedConfig", "stop beyond max_length", lambda: _bench().SpeedConfig(sizes=_bench_tiny(), start=32, stop=128), ValueError, r"max_length", ()),
+    ("bench.SpeedConfig", "sizes a dict", lambda: _bench().SpeedConfig(sizes={"d_model": 8}), TypeError, r"sizes", ()),
+    ("bench.QualityConfig", "train_length 8", lambda: _bench().QualityConfig(train_length=8), ValueError, r"train_length", ()),
+    ("bench.QualityConfig", "evaluation beyond max_length", lambda: _bench().QualityConfig(eval_multiples=(1, 64)), ValueError, r"max_length", ()),
+    ("bench.QualityConfig", "eval_multiples 0", lambda: _bench().QualityConfig(eval_multiples=(0,)), ValueError, r"eval_multiples", ()),
+    ("bench.QualityConfig", "lr 0", lambda: _bench().QualityConfig(lr=0), ValueError, r"\blr\b", ()),
+    ("bench.QualityConfig", "unknown task", lambda: _bench().QualityConfig(tasks=("babi",)), ValueError, r"tasks", ()),
+    ("bench.FullAttentionLM", "impl flash", lambda: _bench().FullAttentionLM(32, 8, 2, 16, 1, impl="flash"), ValueError, r"impl", ()),
+    ("bench.FullAttentionLM", "n_layers 0", lambda: _bench().FullAttentionLM(32, 8, 2, 16, 0), ValueError, r"n_layers", ()),
+    ("bench.FullAttentionLM", "float tokens", lambda: _bench_model()(T(1, 4)), ValueError, r"\btokens\b", ()),
+    ("bench.FullAttentionLM", "token out of the vocabulary", lambda: _bench_model()(torch.full((1, 4), 40)), ValueError, r"vocab_size", ()),
+    ("bench.build_model", "unknown method", lambda: _bench().build_model("mamba"), ValueError, r"method", ()),
+    ("bench.build_model", "sizes a dict", lambda: _bench().build_model("sdpa", {"d_model": 8}), TypeError, r"sizes", ()),
+    ("bench.n_parameters", "not a module", lambda: _bench().n_parameters([1, 2]), TypeError, r"model", ()),
+    ("bench.matched_sizes", "unknown method", lambda: _bench().matched_sizes("ssm"), ValueError, r"method", ()),
+    ("bench.lm_logits", "not a course model", lambda: _bench().lm_logits(torch.nn.Linear(2, 2), _ids(1, 4)), TypeError, r"model", ()),
+    ("bench.lm_logits", "1-D tokens", lambda: _bench().lm_logits(_bench_model(), _ids(4)), ValueError, r"\btokens\b", ()),
+    ("bench.lm_loss", "one token", lambda: _bench().lm_loss(_bench_model("infini"), _ids(1, 1)), ValueError, r"\btokens\b", ()),
+    ("bench.lm_loss", "not a course model", lambda: _bench().lm_loss(None, _ids(1, 4)), TypeError, r"model", ()),
+    ("bench.speed_step", "unknown mode", lambda: _bench().speed_step("sdpa", 16, mode="backward", sizes=_bench_tiny()), ValueError, r"mode", ()),
+    ("bench.speed_step", "length 1", lambda: _bench().speed_step("sdpa", 1, sizes=_bench_tiny()), ValueError, r"length", ()),
+    ("bench.speed_step", "repeats 0", lambda: _bench().speed_step("sdpa", 16, repeats=0, sizes=_bench_tiny()), ValueError, r"repeats", ()),
+    ("bench.speed_step", "device tpu", lambda: _bench().speed_step("sdpa", 16, sizes=_bench_tiny(), device="tpu"), ValueError, r"device", ()),
+    ("bench.measure_speed", "config a dict", lambda: _bench().measure_speed({"start": 4}), TypeError, r"config", ()),
+    ("bench.longest_fitting", "rows without a status", lambda: _bench().longest_fitting([{"method": "sdpa", "mode": "forward", "length": 4}]), ValueError, r"rows", ()),
+    ("bench.task_batch", "unknown task", lambda: _bench().task_batch("babi", 2, 64), ValueError, r"task", ()),
+    ("bench.task_batch", "associative too short", lambda: _bench().task_batch("associative", 2, 10), ValueError, r"length", ()),
+    ("bench.task_batch", "batch 0", lambda: _bench().task_batch("copy", 0, 64), ValueError, r"batch", ()),
+    ("bench.answer_logits", "float mask", lambda: _bench().answer_logits(_bench_model(), _ids(1, 4), T(1, 4)), ValueError, r"answer_mask", ()),
+    ("bench.answer_logits", "mask at position 0", lambda: _bench().answer_logits(_bench_model(), _ids(1, 4), _answers(1, 4, 0)), ValueError, r"answer_mask.*position 0", ()),
+    ("bench.train_quality", "unknown task", lambda: _bench().train_quality("sdpa", "babi"), ValueError, r"task", ()),
+    ("bench.train_quality", "config a dict", lambda: _bench().train_quality("sdpa", "copy", {"steps": 1}), TypeError, r"config", ()),
+    ("bench.evaluate_quality", "lengths an int", lambda: _bench().evaluate_quality(_bench_model(), "copy", 64), ValueError, r"lengths", ()),
+    ("bench.evaluate_quality", "n_sequences 0", lambda: _bench().evaluate_quality(_bench_model(), "copy", [64], n_sequences=0), ValueError, r"n_sequences", ()),
+    ("bench.evaluate_quality", "not a course model", lambda: _bench().evaluate_quality(torch.nn.Linear(2, 2), "copy", [64]), TypeError, r"model", ()),
+    ("bench.load_or_train_quality", "unknown method", lambda: _bench().load_or_train_quality("ssm", "copy"), ValueError, r"method", ()),
+    ("bench.load_or_train_quality", "config a dict", lambda: _bench().load_or_train_quality("sdpa", "copy", {}), TypeError, r"config", ()),
+    ("bench.measure_quality", "config a dict", lambda: _bench().measure_quality({"steps": 1}), TypeError, r"config", ()),
+    ("bench.machine_description", "device tpu", lambda: _bench().machine_description("tpu"), ValueError, r"device", ()),
+    ("bench.run_benchmark", "unknown profile", lambda: _bench().run_benchmark("laptop"), ValueError, r"profile", ()),
+    ("bench.save_results", "results without the machine", lambda: _bench().save_results({"speed": []}, "/tmp/x.json"), ValueError, r"results", ()),
+    ("bench.save_results", "path an int", lambda: _bench().save_results(_bench_results(), 3), TypeError, r"path", ()),
+    ("bench.load_results", "missing file", lambda: _bench().load_results("/nonexistent/results.json"), FileNotFoundError, r"results", ()),
+    ("bench.load_results", "path None", lambda: _bench().load_results(None), TypeError, r"path", ()),
+    ("bench.compare_results", "b not results", lambda: _bench().compare_results(_bench_results(), [1]), ValueError, r"\bb\b must", ()),
+    ("bench.format_comparison", "a results dict", lambda: _bench().format_comparison(_bench_results()), ValueError, r"comparison", ()),
+    ("bench.results_table", "a list", lambda: _bench().results_table([]), ValueError, r"results", ()),
+    ("bench.plot_results", "no quality entry", lambda: _bench().plot_results({"speed": []}), ValueError, r"results", ()),
 ]
 # Public callables whose inputs there is nothing to check on, and why.
 NOTHING_TO_CHECK = {
