@@ -2603,6 +2603,795 @@ _register(Suite("rmt_flops_segments", _rmt_flops_cases, _rmt_flops_run, _rmt_flo
                 lambda: _rmt_blocked(flops_allowed=True)))
 
 
+# --- the capstone: a method for a budget (chapter 7) -------------------------------
+# Assignment 7 grades three functions, each on its own, and a project:
+#   longest_within(rows, budget_bytes)   -> {(method, mode): the longest length L such that every row of
+#                                           that pair with length <= L is "ok" and within the budget | None}
+#   memory_exponent(rows, method, mode)  -> the least-squares slope of log peak_bytes against log length
+#                                           over the pair's "ok" rows (ValueError naming both below two)
+#   windowed_accuracy(model, task, length, window, n_sequences, seed)
+#                                        -> the fraction of bench.task_batch's sequences (one call, a
+#                                           generator seeded with seed) whose every answer token the model
+#                                           predicts greedily from the last `window` tokens alone
+#   CHOICE = {"method": ..., "window": int | None}
+#                                        -> fits CAPSTONE_SCENARIO's memory budget (2 points) and beats
+#                                           its baseline by its margin (2 points)
+# Rows are plain dicts as longctx_lib.bench.measure_speed writes them; the references for the first
+# two are written here from the prompts (not bench.longest_fitting, whose "ok" rule ignores a budget,
+# nor measure.fit_loglog_slope). Exercise 3's reference draws the sequences with bench.task_batch
+# and runs the model with bench.lm_logits (the data and the model, not what is graded) and scores
+# them itself; tests/test_grading_07.py checks that with the whole window it equals
+# bench.evaluate_quality on the same sequences. Its models: small float64 models of build_model
+# with random weights (sdpa, naive, infini, rmt; LSH draws random rotations and is left out), and
+# _OracleLM, a test double that is handed the next token and errs where the needle is out of its
+# window and by a hash of its input's first token, its length and the position, so that the window
+# boundary, the shift by one, the answer mask and "every answer token" all change the result.
+# The project is decided by the grader alone: the peak memory of reading `window or length` tokens
+# forward (bench.speed_step in a fresh process, measure.peak_memory, the CPU) and the accuracy of
+# the shipped model on the scenario's sequences, both computed here, never read from the kernel.
+# The shipped models are read once, when the cases are drawn (before any student code runs), so
+# that a submission that rewrites checkpoints/bench/ changes nothing. Torch's fused SDPA, which
+# check() blocks in the kernel, is handed back while a model runs (the models need it).
+import functools as _functools  # noqa: E402
+import json as _json  # noqa: E402
+from numbers import Real as _Real  # noqa: E402
+
+from . import bench as _bench_module  # noqa: E402
+from . import measure as _measure_module  # noqa: E402
+from . import tasks as _tasks_module  # noqa: E402
+
+CAPSTONE_SCENARIO: dict[str, Any] = {
+    "task": "passkey",  # one of bench.TASKS; the shipped models were trained at 128 tokens
+    "length": 1024,  # the tokens of each sequence: 8 times the training length (the shipped LSH's limit)
+    "budget_mib": 2.0,  # the peak memory of reading `window or length` tokens forward (CPU, fresh process)
+    "n_sequences": 512,  # sequences the accuracies are measured on (the same for every choice)
+    "seed": 7,  # their generator's seed (bench.task_batch, one call)
+    "margin": 0.1,  # the accuracy must reach the baseline's plus this
+    "baseline": {"method": "sdpa", "window": 128},  # truncation: full attention on the last 128 tokens
+}
+"""Assignment 7's project, owned by the grader: the notebook prints it; changing it there changes nothing."""
+__all__ += ["CAPSTONE_SCENARIO"]  # noqa: PLE0605 - chapter 7's public constant
+
+_REF_TASK_BATCH = _bench_module.task_batch
+_REF_LM_LOGITS = _bench_module.lm_logits
+_REF_SPEED_STEP = _bench_module.speed_step
+_REF_PEAK_MEMORY = _measure_module.peak_memory
+_TORCH_SDPA = F.scaled_dot_product_attention
+_CAPSTONE_METHODS = tuple(_bench_module.QualityConfig().methods)  # those with shipped models
+_CAPSTONE_FORBIDDEN = ("longctx_lib.grading",)
+_LONGEST_FORBIDDEN = ("longctx_lib.bench.longest_fitting", "longctx_lib.measure.longest_within",
+                      *_CAPSTONE_FORBIDDEN)
+_EXPONENT_FORBIDDEN = ("longctx_lib.measure.fit_loglog_slope", *_CAPSTONE_FORBIDDEN)
+_WINDOW_FORBIDDEN = ("longctx_lib.bench.evaluate_quality", "longctx_lib.bench.answer_logits",
+                     "longctx_lib.bench.measure_quality", "longctx_lib.tasks.answer_accuracy",
+                     "longctx_lib.tasks.passkey_accuracy", *_CAPSTONE_FORBIDDEN)
+_MIB = 2**20
+
+
+@contextlib.contextmanager
+def _torch_sdpa_allowed() -> Iterator[None]:
+    """Torch's fused SDPA while a course model runs (check() blocks it for the chapters that write attention)."""
+    saved = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _TORCH_SDPA
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = saved
+
+
+def _plain_number(value: Any) -> tuple:
+    """A student's number as plain data: ("value", float), or ("bad", what it was)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex \
+            and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, _Real):
+        return ("bad", f"returned a {type(value).__name__}; return a float")
+    return ("value", float(value))
+
+
+def _outcome_problem(got: Any, expected: tuple, *, tol: float, what: str, error_words: tuple[str, ...]) -> str | None:
+    """``expected`` is ("value", x) or ("ValueError",); ``got`` what run() made of the student's call."""
+    if not isinstance(got, tuple) or len(got) != 2 or got[0] not in ("value", "ValueError", "bad"):
+        return "no results"
+    if got[0] == "bad":
+        return str(got[1])
+    if expected[0] == "ValueError":
+        if got[0] != "ValueError":
+            return f"returned {got[1]!r}; expected a ValueError (" + ", ".join(error_words) + ")"
+        message = str(got[1])
+        missing = [w for w in error_words if w not in message]
+        if missing:
+            return f"the ValueError's message {message!r} does not name {', '.join(map(repr, missing))}"
+        return None
+    if got[0] == "ValueError":
+        return f"raised ValueError: {got[1]}; expected {what} {expected[1]:.6g}"
+    value = got[1]
+    if not isinstance(value, float) or not abs(value - expected[1]) <= tol * max(1.0, abs(expected[1])):
+        return f"{what} {value!r}, expected {expected[1]:.6g}"
+    return None
+
+
+# speed rows -----------------------------------------------------------------------------
+def _speed_row(method: str, mode: str, length: int, status: str, peak: int | None) -> dict:
+    """One row as bench.measure_speed writes it (the numbers None where the run failed)."""
+    measured = status in ("ok", "over_budget")
+    return {"method": method, "mode": mode, "length": length, "status": status,
+            "seconds": round(1e-3 * length ** 0.5, 6) if measured else None,
+            "peak_bytes": int(peak) if measured else None, "loss": 3.47 if measured else None}
+
+
+def _random_sweep(rng: random.Random, method: str, mode: str, *, start: int, n: int, exponent: float,
+                  base: float, ending: str, noise: float) -> list[dict]:
+    """A pair's sweep: doubling lengths from ``start``, every row "ok" but the last when ``ending`` is
+    "over_budget", "oom" or "timeout" (measure_speed stops there), peaks ~ length^exponent, noisy."""
+    rows = []
+    for i in range(n):
+        peak = max(1, int(base * 2 ** (exponent * i) * math.exp(noise * rng.uniform(-1.0, 1.0))))
+        status = ending if i == n - 1 and ending != "ok" else "ok"
+        rows.append(_speed_row(method, mode, start * 2**i, status, peak))
+    return rows
+
+
+def _pairs(rng: random.Random, k: int) -> list[tuple[str, str]]:
+    methods = rng.sample(list(_bench_module.METHODS), k)
+    return [(m, mode) for m in methods for mode in rng.sample(list(_bench_module.MODES), rng.randint(1, 2))]
+
+
+def _rows_describe(rows: list[dict]) -> str:
+    pairs = list(dict.fromkeys((r["method"], r["mode"]) for r in rows))
+    shown = "; ".join(
+        f"{m} {mode}: " + ", ".join(
+            f"{r['length']} {r['status']}" + (f" {r['peak_bytes']:,} B" if r["peak_bytes"] is not None else "")
+            for r in rows if (r["method"], r["mode"]) == (m, mode))
+        for m, mode in pairs[:3])
+    more = f"; and {len(pairs) - 3} more pairs" if len(pairs) > 3 else ""
+    return f"{len(rows)} rows ({shown}{more})"
+
+
+# longest within a budget ------------------------------------------------------------------
+def _ref_longest_within(rows: list[dict], budget: float) -> dict[tuple[str, str], int | None]:
+    """For each pair, walk its lengths upwards; stop at the first length with a row that is not "ok" or
+    over the budget; the longest length before it (None if the first fails)."""
+    by_pair: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for r in rows:
+        by_pair.setdefault((r["method"], r["mode"]), {}).setdefault(r["length"], []).append(r)
+    out: dict[tuple[str, str], int | None] = {}
+    for pair, by_length in by_pair.items():
+        best = None
+        for length in sorted(by_length):
+            if not all(r["status"] == "ok" and r["peak_bytes"] is not None and r["peak_bytes"] <= budget
+                       for r in by_length[length]):
+                break
+            best = length
+        out[pair] = best
+    return out
+
+
+def _longest_run(fn: Callable[..., Any], c: dict) -> tuple:
+    out = fn([dict(r) for r in c["rows"]], c["budget"])
+    if not isinstance(out, dict):
+        return ("bad", f"returned a {type(out).__name__}; return a dict {{(method, mode): length or None}}")
+    items = []
+    for key, value in out.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(type(k) is str for k in key)):
+            return ("bad", f"the keys must be (method, mode) tuples of two strings; got the key {key!r}")
+        if value is not None and type(value) is not int:
+            return ("bad", f"the value of {key} must be an int (a length) or None; got {type(value).__name__} "
+                           f"{value!r}")
+        items.append((key[0], key[1], value))
+    return ("dict", tuple(sorted(items, key=lambda t: (t[0], t[1]))))
+
+
+def _longest_reference(c: dict) -> tuple:
+    found = _ref_longest_within(c["rows"], c["budget"])
+    return ("dict", tuple(sorted(((m, mode, v) for (m, mode), v in found.items()), key=lambda t: (t[0], t[1]))))
+
+
+def _longest_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    if not isinstance(got, tuple) or len(got) != 2 or got[0] not in ("dict", "bad"):
+        return "no results"
+    if got[0] == "bad":
+        return str(got[1])
+    want = {(m, mode): v for m, mode, v in expected[1]}
+    try:
+        have = {(m, mode): v for m, mode, v in got[1]}
+    except (TypeError, ValueError):
+        return "no results"
+    missing = [p for p in want if p not in have]
+    if missing:
+        return f"no entry for {missing[0]} (every (method, mode) of the rows needs one; None if nothing fits)"
+    extra = [p for p in have if p not in want]
+    if extra:
+        return f"an entry for {extra[0]}, which has no rows"
+    for pair, value in want.items():
+        if have[pair] != value:
+            return f"{pair}: {have[pair]!r}, expected {value!r}"
+    return None
+
+
+def _longest_describe(c: dict) -> str:
+    budget = c["budget"]
+    return (f"longest_within({_rows_describe(c['rows'])}, budget_bytes={budget!r} = {budget / _MIB:.3f} MiB)"
+            + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _hand_rows() -> list[dict]:
+    """The table of the visible tests (MiB peaks): a growing sweep, a flat one, one over the budget from
+    its first length, an out-of-memory end, and a noisy row that falls back under the budget."""
+    mib = _MIB
+    return [
+        _speed_row("sdpa", "forward", 1024, "ok", 4 * mib), _speed_row("sdpa", "forward", 2048, "ok", 8 * mib),
+        _speed_row("sdpa", "forward", 4096, "ok", 16 * mib), _speed_row("sdpa", "forward", 8192, "ok", 32 * mib),
+        _speed_row("infini", "forward", 1024, "ok", mib), _speed_row("infini", "forward", 2048, "ok", mib),
+        _speed_row("infini", "forward", 4096, "ok", mib), _speed_row("infini", "forward", 8192, "ok", mib),
+        _speed_row("naive", "forward", 1024, "ok", 36 * mib), _speed_row("naive", "forward", 2048, "over_budget",
+                                                                          137 * mib),
+        _speed_row("lsh", "forward+backward", 1024, "ok", 3 * mib),
+        _speed_row("lsh", "forward+backward", 2048, "oom", None),
+        _speed_row("rmt", "forward+backward", 1024, "ok", 5 * mib),
+        _speed_row("rmt", "forward+backward", 2048, "ok", 11 * mib),
+        _speed_row("rmt", "forward+backward", 4096, "ok", 9 * mib),
+        _speed_row("rmt", "forward+backward", 8192, "ok", 20 * mib),
+    ]
+
+
+def _longest_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: the hand table under 10 MiB, 1 GiB, exactly 8 MiB, and below everything."""
+    rows = _hand_rows()
+    return [{"rows": rows, "budget": b, "note": note} for b, note in
+            ((10 * _MIB, "the hand table"), (2**30, "everything measured fits"),
+             (8 * _MIB, "a peak exactly at the budget fits"), (1000, "nothing fits"))]
+
+
+def _longest_cases(seed: int) -> list[dict]:
+    """Random tables: several pairs, sweeps of 1-7 lengths from 256-2048, every ending, noisy and
+    non-monotone peaks around the budget, over_budget rows below the budget, rows in any order,
+    budgets at a peak exactly, a byte below one, below and above everything, int and float."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(48):
+        rows = []
+        for method, mode in _pairs(rng, rng.randint(1, 4)):
+            rows += _random_sweep(rng, method, mode, start=rng.choice([256, 512, 1024, 2048]), n=rng.randint(1, 7),
+                                  exponent=rng.choice([0.0, 0.05, 1.0, 1.1, 2.0, rng.uniform(0, 2)]),
+                                  base=rng.uniform(0.2, 40) * _MIB,
+                                  ending=rng.choice(["ok", "ok", "over_budget", "oom", "timeout"]),
+                                  noise=rng.choice([0.0, 0.05, 0.3]))
+        peaks = [r["peak_bytes"] for r in rows if r["peak_bytes"] is not None]
+        kind = i % 6
+        if kind == 0 or not peaks:
+            budget = rng.uniform(0.5, 60) * _MIB
+        elif kind == 1:
+            budget = rng.choice(peaks)  # exactly a peak: it fits
+        elif kind == 2:
+            budget = rng.choice(peaks) - 1
+        elif kind == 3:
+            budget = min(peaks) - 1  # nothing fits
+        elif kind == 4:
+            budget = max(peaks) + 1  # every "ok" row fits
+        else:
+            budget = sorted(peaks)[len(peaks) // 2]
+        if i % 4 == 1:  # a noisy sweep: one length over the budget, the next one back under it
+            ok = [r for r in rows if r["status"] == "ok"]
+            pairs = [(a, b) for a, b in zip(ok, ok[1:]) if (a["method"], a["mode"]) == (b["method"], b["mode"])]
+            if pairs:
+                a, b = rng.choice(pairs)
+                a["peak_bytes"], b["peak_bytes"] = int(budget) + 1 + rng.randint(0, 1000), max(1, int(budget) - 1)
+        if i % 5 == 2:  # an over_budget row whose peak is below this budget: not "ok", it does not fit
+            for r in rows:
+                if r["status"] == "over_budget":
+                    r["peak_bytes"] = max(1, int(budget) // 2)
+        if i % 2:
+            rng.shuffle(rows)
+        if i % 3 == 0:
+            budget = float(budget)
+        else:
+            budget = int(budget)
+        cases.append({"rows": rows, "budget": budget,
+                      "note": "rows in random order" if i % 2 else None})
+    return cases
+
+
+# memory exponent ------------------------------------------------------------------------------
+def _ref_memory_exponent(rows: list[dict], method: str, mode: str) -> float:
+    ok = [r for r in rows if r["method"] == method and r["mode"] == mode and r["status"] == "ok"]
+    if len(ok) < 2:
+        raise ValueError(f"need two 'ok' rows of {method} {mode}; got {len(ok)}")
+    xs = [math.log(r["length"]) for r in ok]
+    ys = [math.log(r["peak_bytes"]) for r in ok]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def _exponent_run(fn: Callable[..., Any], c: dict) -> tuple:
+    try:
+        got = fn([dict(r) for r in c["rows"]], c["method"], c["mode"])
+    except ValueError as err:
+        return ("ValueError", str(err)[:2000])
+    return _plain_number(got)
+
+
+def _exponent_reference(c: dict) -> tuple:
+    try:
+        return ("value", _ref_memory_exponent(c["rows"], c["method"], c["mode"]))
+    except ValueError:
+        return ("ValueError",)
+
+
+def _exponent_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    # Tolerance: the slope is O(1); float64 logs in any order agree to ~1e-14, float32 ones to ~1e-6;
+    # a wrong set of rows, or two points instead of a fit through noisy ones, is off by 1e-2 or more.
+    return _outcome_problem(got, expected, tol=1e-4, what="exponent",
+                            error_words=(repr(c["method"]).strip("'"), repr(c["mode"]).strip("'")))
+
+
+def _exponent_describe(c: dict) -> str:
+    return (f"memory_exponent({_rows_describe(c['rows'])}, method={c['method']!r}, mode={c['mode']!r})"
+            + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _power_rows(method: str, mode: str, lengths: list[int], exponent: float, base: float) -> list[dict]:
+    return [_speed_row(method, mode, n, "ok", round(base * (n / lengths[0]) ** exponent)) for n in lengths]
+
+
+def _exponent_small_cases(seed: int) -> list[dict]:
+    """What the visible tests use: exact powers 2, 1 and 0, the hand table, and a pair with one "ok" row."""
+    lengths = [1024, 2048, 4096, 8192]
+    rows = (_power_rows("naive", "forward", lengths, 2.0, 4 * _MIB) + _power_rows("sdpa", "forward", lengths, 1.0, _MIB)
+            + _power_rows("rmt", "forward", lengths, 0.0, _MIB))
+    hand = _hand_rows()
+    return [{"rows": rows, "method": m, "mode": "forward", "note": note} for m, note in
+            (("naive", "peak ~ L^2"), ("sdpa", "peak ~ L"), ("rmt", "flat"))] + [
+        {"rows": hand, "method": "sdpa", "mode": "forward", "note": "the hand table"},
+        {"rows": hand, "method": "rmt", "mode": "forward+backward", "note": "a noisy sweep"},
+        {"rows": hand, "method": "naive", "mode": "forward", "note": "one 'ok' row: a ValueError"}]
+
+
+def _exponent_cases(seed: int) -> list[dict]:
+    """Random tables with noise, other pairs, over_budget (measured, excluded) and failed rows, any
+    order, lengths that do not double, exactly two "ok" rows; pairs with one, none or no rows at all."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(40):
+        pairs = _pairs(rng, rng.randint(1, 4))
+        rows = []
+        for method, mode in pairs:
+            if i % 4 == 3:  # lengths that do not double
+                lengths = sorted(rng.sample(range(100, 20000), rng.randint(2, 6)))
+                base, exponent = rng.uniform(0.5, 30) * _MIB, rng.uniform(0, 2)
+                rows += [_speed_row(method, mode, length, "ok",
+                                    max(1, int(base * (length / lengths[0]) ** exponent
+                                               * math.exp(0.2 * rng.uniform(-1, 1)))))
+                         for length in lengths]
+            else:
+                rows += _random_sweep(rng, method, mode, start=rng.choice([256, 512, 1024]), n=rng.randint(1, 7),
+                                      exponent=rng.choice([0.0, 0.05, 1.0, 2.0, rng.uniform(-0.3, 2.5)]),
+                                      base=rng.uniform(0.2, 40) * _MIB,
+                                      ending=rng.choice(["ok", "over_budget", "oom", "timeout"]),
+                                      noise=rng.choice([0.0, 0.1, 0.4]))
+        if i % 2:
+            rng.shuffle(rows)
+        method, mode = rng.choice(pairs)
+        ok = [r for r in rows if (r["method"], r["mode"]) == (method, mode) and r["status"] == "ok"]
+        note = None
+        if len(ok) == 2:
+            note = "exactly two 'ok' rows"
+        elif len(ok) < 2:
+            note = "fewer than two 'ok' rows: a ValueError"
+        cases.append({"rows": rows, "method": method, "mode": mode, "note": note})
+    rows = _random_sweep(rng, "lsh", "forward", start=1024, n=4, exponent=1.0, base=_MIB, ending="ok", noise=0.1)
+    cases += [
+        {"rows": rows, "method": "lsh", "mode": "forward+backward", "note": "no rows of that pair: a ValueError"},
+        {"rows": rows, "method": "rmt", "mode": "forward", "note": "no rows of that method: a ValueError"},
+        {"rows": rows + [_speed_row("infini", "forward", 1024, "oom", None)], "method": "infini", "mode": "forward",
+         "note": "no 'ok' row: a ValueError"},
+        {"rows": _random_sweep(rng, "naive", "forward", start=512, n=2, exponent=2.0, base=_MIB, ending="ok",
+                               noise=0.0), "method": "naive", "mode": "forward", "note": "exactly two 'ok' rows"},
+        {"rows": [*_random_sweep(rng, "sdpa", "forward", start=512, n=3, exponent=1.0, base=_MIB, ending="ok",
+                                 noise=0.2), _speed_row("sdpa", "forward", 4096, "over_budget", 400 * _MIB)],
+         "method": "sdpa", "mode": "forward", "note": "an over_budget row, measured but excluded"},
+    ]
+    return cases
+
+
+# windowed accuracy ------------------------------------------------------------------------------
+class _OracleLM(_bench_module.FullAttentionLM):
+    """A course model (a ``FullAttentionLM``, so bench.lm_logits takes it) that is handed the answer.
+
+    ``forward(tokens (B, n)) -> logits (B, n, vocab)``, one-hot: position ``t`` predicts token ``t + 1``
+    of what it is given, but only if that token occurred in the input up to ``t`` (a recall: the
+    passkey's digits need the key inside the window) and a hash of the input's first token, its
+    length, the position's distance to the end and the token there is below ``keep`` (of 1000).
+    Otherwise it predicts another token. Not causal: a test double, not a language model.
+    """
+
+    def __init__(self, keep: int, salt: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            super().__init__(_tasks_module.TASK_VOCAB, 4, 1, 4, 1, impl="naive")
+        self.keep, self.salt = int(keep), int(salt)
+        self.to(torch.float64)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n = tokens.shape
+        v = self.embed.num_embeddings
+        nxt = torch.cat([tokens[:, 1:], tokens[:, -1:]], dim=1)  # (B, n): what each position predicts
+        seen = F.one_hot(tokens, v).cumsum(dim=1) > 0  # (B, n, V): the tokens read up to t
+        recalled = seen.gather(2, nxt.unsqueeze(2)).squeeze(2)  # (B, n)
+        dist = n - torch.arange(n, device=tokens.device)
+        h = (tokens[:, :1] * 7919 + tokens * 104729 + dist * 1299709 + n * 15485863 + self.salt) % 1000
+        right = recalled & (h < self.keep)
+        pred = torch.where(right, nxt, (nxt + 1 + h % (v - 1)) % v)
+        return F.one_hot(pred, v).to(self.head.weight.dtype) * self.head.weight.new_ones(())  # (B, n, V)
+
+
+def _case_lm(spec: dict) -> nn.Module:
+    """The model a case describes: an _OracleLM, or a float64 model of bench.build_model with given weights."""
+    if spec["kind"] == "oracle":
+        return _OracleLM(spec["keep"], spec["salt"]).eval()
+    with torch.random.fork_rng(devices=[]):
+        model = _bench_module.build_model(spec["method"], _bench_module.ModelSizes(**spec["sizes"]))
+    model.to(torch.float64).load_state_dict(spec["state"])
+    return model.eval()
+
+
+def _random_lm_spec(rng: random.Random, method: str) -> dict:
+    """Sizes and float64 weights of a small model of build_model (its own initialisation, a drawn seed)."""
+    heads = rng.choice([1, 2])
+    sizes = {"vocab_size": _tasks_module.TASK_VOCAB, "d_model": heads * rng.choice([2, 4, 6]), "n_heads": heads,
+             "n_layers": rng.randint(1, 2), "d_ff": rng.randint(4, 24), "segment_length": rng.randint(3, 16),
+             "n_memory": rng.randint(1, 3), "chunk_size": 8, "n_hashes": 1, "max_length": 512}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng.randint(0, 2**31))
+        model = _bench_module.build_model(method, _bench_module.ModelSizes(**sizes))
+        state = {k: 3 * v.double() if k.endswith("weight") and v.dim() == 2 else v.double()
+                 for k, v in model.state_dict().items()}  # larger weights: inputs matter more
+    return {"kind": "bench", "method": method, "sizes": sizes, "state": state}
+
+
+def _answer_start(task: str, length: int) -> int:
+    """The first position of an answer token in ``task``'s sequences of ``length`` (the same in all)."""
+    _, mask = _REF_TASK_BATCH(task, 1, length, generator=torch.Generator().manual_seed(0))
+    return int(mask[0].nonzero()[0])
+
+
+def _score_answers(model: nn.Module, x: torch.Tensor, m: torch.Tensor, batch: int | None = None) -> int:
+    """How many rows of ``x`` (B, n) have every answer token (``m``) predicted greedily by the logits at
+    the position before it."""
+    device = next(model.parameters()).device
+    right = 0
+    step = batch or x.shape[0]
+    for a in range(0, x.shape[0], step):
+        xs, ms = x[a:a + step], m[a:a + step]
+        logits = _REF_LM_LOGITS(model, xs.to(device))  # (b, n, V)
+        hit = (logits[:, :-1].argmax(dim=-1).cpu() == xs[:, 1:]) | ~ms[:, 1:]  # (b, n - 1)
+        right += int(hit.all(dim=1).sum())
+    return right
+
+
+def _ref_windowed_accuracy(model: nn.Module, task: str, length: int, window: Any, n_sequences: int, seed: int, *,
+                           batch: int | None = None) -> float:
+    """The truncation baseline, written from the prompt: ValueError unless needed <= window <= length."""
+    tokens, mask = _REF_TASK_BATCH(task, n_sequences, length, generator=torch.Generator().manual_seed(seed))
+    first = int(mask.int().argmax(dim=1).min())  # the first answer position
+    if isinstance(window, bool) or not isinstance(window, int) or not length - first + 1 <= window <= length:
+        raise ValueError(f"window must be an int from {length - first + 1} to {length} (the answers and the token "
+                         f"before them inside it); got {window!r}")
+    with torch.no_grad():
+        return _score_answers(model, tokens[:, -window:], mask[:, -window:], batch) / n_sequences
+
+
+def _window_run(fn: Callable[..., Any], c: dict) -> tuple:
+    model = _case_lm(c["model"])
+    with _one_thread(), _torch_sdpa_allowed():
+        try:
+            got = fn(model, c["task"], c["length"], c["window"], c["n_sequences"], c["seed"])
+        except ValueError as err:
+            return ("ValueError", str(err)[:2000])
+    return _plain_number(got)
+
+
+def _window_reference(c: dict) -> tuple:
+    model = _case_lm(c["model"])
+    with _one_thread(), _torch_sdpa_allowed():
+        try:
+            return ("value", _ref_windowed_accuracy(model, c["task"], c["length"], c["window"], c["n_sequences"],
+                                                    c["seed"]))
+        except ValueError:
+            return ("ValueError",)
+
+
+def _window_compare(got: Any, expected: tuple, c: dict) -> str | None:
+    # Fractions of n_sequences (<= 64): the same model on the same sequences in float64; 1e-6 accepts
+    # a mean taken in float32 (off by ~1e-8) and rejects one sequence more or less (>= 1/64).
+    return _outcome_problem(got, expected, tol=1e-6, what="accuracy", error_words=("window",))
+
+
+def _window_describe(c: dict) -> str:
+    spec = c["model"]
+    if spec["kind"] == "oracle":
+        model = f"a test model that is handed the next token (keep {spec['keep']}/1000)"
+    else:
+        s = spec["sizes"]
+        model = (f"a random float64 {spec['method']} model (d_model {s['d_model']}, {s['n_layers']} layer(s), "
+                 f"segment_length {s['segment_length']})")
+    return (f"windowed_accuracy({model}, task={c['task']!r}, length={c['length']}, window={c['window']}, "
+            f"n_sequences={c['n_sequences']}, seed={c['seed']})" + (f" ({c['note']})" if c.get("note") else ""))
+
+
+def _window_case(model: dict, task: str, length: int, window: Any, n: int, seed: int, note: str | None = None) -> dict:
+    return {"model": model, "task": task, "length": length, "window": window, "n_sequences": n, "seed": seed,
+            "note": note}
+
+
+_TASK_LENGTHS = {"passkey": (16, 512), "associative": (24, 256), "copy": (12, 96)}
+
+
+def _window_small_cases(seed: int) -> list[dict]:
+    """What the visible tests check, on test models: the whole window, a narrower one, the narrowest
+    allowed, and windows too narrow and too wide (ValueError)."""
+    oracle = {"kind": "oracle", "keep": 800, "salt": 11}
+    copier = {"kind": "oracle", "keep": 980, "salt": 5}
+    return [_window_case(oracle, "passkey", 256, 256, 32, 3, "the whole sequence"),
+            _window_case(oracle, "passkey", 256, 64, 32, 3, "the last 64 tokens"),
+            _window_case(oracle, "associative", 128, 128, 32, 4),
+            _window_case(copier, "copy", 41, 41, 16, 5),
+            _window_case(oracle, "passkey", 64, 4, 8, 6, "the narrowest window: the question and the answer"),
+            _window_case(oracle, "passkey", 64, 3, 8, 6, "too narrow: a ValueError"),
+            _window_case(oracle, "passkey", 64, 65, 8, 6, "wider than the sequence: a ValueError")]
+
+
+def _window_cases(seed: int) -> list[dict]:
+    """Test models (keep rates 0.5-1) and random float64 models of build_model (sdpa, naive, infini,
+    rmt) on every task: whole, random and narrowest windows, windows whose first token is a passkey's
+    (one token more or less moves it out), 1 to 64 sequences (more than one batch of 32), and the
+    windows a ValueError must refuse (one token too narrow, wider than the sequence)."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(30):
+        task = _bench_module.TASKS[i % 3]
+        lo, hi = _TASK_LENGTHS[task]
+        length = rng.randint(lo, hi)
+        needed = length - _answer_start(task, length) + 1
+        keep = rng.choice([500, 800, 950, 1000]) if task != "copy" else rng.choice([950, 990, 1000])
+        oracle = {"kind": "oracle", "keep": keep, "salt": rng.randint(0, 10**6)}
+        window = [length, rng.randint(needed, length), needed, rng.randint(needed, min(length, needed + 8))][i % 4]
+        n = rng.choice([1, 7, 31, 33, 64])
+        cases.append(_window_case(oracle, task, length, window, n, rng.randint(0, 10**6),
+                                  "the whole sequence" if window == length else None))
+    for _ in range(6):  # a window that starts at a passkey's KEY token, one wider and one narrower
+        length, n, s = rng.randint(64, 512), rng.randint(8, 40), rng.randint(0, 10**6)
+        _, start = _tasks_module.passkey_batch(n, length, n_digits=_bench_module.PASSKEY_DIGITS,
+                                               generator=torch.Generator().manual_seed(s))
+        edge = length - int(start[rng.randrange(n)])
+        oracle = {"kind": "oracle", "keep": 1000, "salt": rng.randint(0, 10**6)}
+        for w in (edge - 1, edge, edge + 1, edge - 2):
+            if 4 <= w <= length:
+                cases.append(_window_case(oracle, "passkey", length, w, n, s, "a window at a passkey's edge"))
+    for task in _bench_module.TASKS:  # 64 sequences, a window inside: one token more or less changes the result
+        for _ in range(2):
+            lo, hi = _TASK_LENGTHS[task]
+            length = rng.randint(max(lo, 24), hi)
+            needed = length - _answer_start(task, length) + 1
+            oracle = {"kind": "oracle", "keep": 990 if task == "copy" else 800, "salt": rng.randint(0, 10**6)}
+            cases.append(_window_case(oracle, task, length, rng.randint(needed + 1, length - 1), 64,
+                                      rng.randint(0, 10**6)))
+    for method in ("sdpa", "naive", "infini", "rmt"):
+        for task in _bench_module.TASKS:
+            lo, hi = _TASK_LENGTHS[task]
+            length = rng.randint(lo, min(hi, 160))
+            needed = length - _answer_start(task, length) + 1
+            window = rng.choice([length, rng.randint(needed, length)])
+            cases.append(_window_case(_random_lm_spec(rng, method), task, length, window, rng.choice([3, 16, 40]),
+                                      rng.randint(0, 10**6)))
+    for task in _bench_module.TASKS:
+        lo, hi = _TASK_LENGTHS[task]
+        length = rng.randint(lo, hi)
+        needed = length - _answer_start(task, length) + 1
+        oracle = {"kind": "oracle", "keep": 900, "salt": rng.randint(0, 10**6)}
+        cases += [_window_case(oracle, task, length, needed - 1, 4, rng.randint(0, 10**6),
+                               "one token too narrow: a ValueError"),
+                  _window_case(oracle, task, length, length + rng.randint(1, 50), 4, rng.randint(0, 10**6),
+                               "wider than the sequence: a ValueError")]
+    return cases
+
+
+# the project ------------------------------------------------------------------------------------
+_SHIPPED: dict[tuple[str, str], Any] = {}  # (task, method) -> weights, or what went wrong reading them
+_ACCURACY: dict[tuple, float] = {}
+_PEAKS: dict[tuple[str, int], Any] = {}
+
+
+class _ScenarioError(Exception):
+    """A choice the scenario cannot run (a model that cannot read so many tokens, a missing checkpoint)."""
+
+
+def _shipped_state(task: str, method: str) -> Any:
+    """The shipped weights of ``method`` on ``task`` (read once per process), or why they cannot be read."""
+    key = (task, method)
+    if key not in _SHIPPED:
+        path = _bench_module.CHECKPOINT_DIR / f"{task}-{method}.pt"
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            want = _bench_module.QualityConfig().training_key()
+            if _json.dumps(ckpt.get("key"), sort_keys=True) != _json.dumps(want, sort_keys=True):
+                raise ValueError("it was trained with other settings than bench.QualityConfig()'s")
+            _SHIPPED[key] = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+        except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+            _SHIPPED[key] = (f"the shipped model {path} could not be read ({type(err).__name__}: {err}); "
+                             f"regenerate it with {_bench_module.REGENERATE_COMMAND}")
+    return _SHIPPED[key]
+
+
+def _scenario_model(task: str, method: str) -> nn.Module:
+    state = _shipped_state(task, method)
+    if isinstance(state, str):
+        raise _ScenarioError(state)
+    with torch.random.fork_rng(devices=[]):
+        model = _bench_module.build_model(method, _bench_module.matched_sizes(method,
+                                                                              _bench_module.QualityConfig().sizes))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _scenario_accuracy(method: str, window: int | None, scenario: dict) -> float:
+    """Accuracy of the shipped ``method`` model reading the last ``window or length`` tokens of the
+    scenario's sequences (generated once, a generator seeded with its seed), on the CPU, in batches of 32."""
+    key = (_json.dumps(scenario, sort_keys=True), method, window)
+    if key not in _ACCURACY:
+        task, length, n = scenario["task"], scenario["length"], scenario["n_sequences"]
+        model = _scenario_model(task, method)
+        with _one_thread(), _torch_sdpa_allowed(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(scenario["seed"])  # LSH draws its rotations: the same ones every time
+            try:
+                _ACCURACY[key] = _ref_windowed_accuracy(model, task, length, window or length, n, scenario["seed"],
+                                                        batch=32)
+            except ValueError as err:
+                raise _ScenarioError(f"{method} cannot read {window or length} tokens: {err}") from None
+    return _ACCURACY[key]
+
+
+def _scenario_peak(method: str, n_tokens: int) -> int:
+    """Peak bytes of reading ``n_tokens`` forward with ``method``'s quality-matched model (a fresh process, CPU)."""
+    key = (method, n_tokens)
+    if key not in _PEAKS:
+        sizes = _bench_module.matched_sizes(method, _bench_module.QualityConfig().sizes)
+        if method in ("lsh", "reformer") and n_tokens > sizes.max_length:
+            _PEAKS[key] = (f"{method}'s model reads at most max_length={sizes.max_length} tokens (its axial "
+                           f"positions); {n_tokens} asked: use a window")
+        else:
+            work = _functools.partial(_REF_SPEED_STEP, method, n_tokens, mode="forward", sizes=sizes)
+            try:
+                with _one_thread():
+                    _PEAKS[key] = int(_REF_PEAK_MEMORY(work, device="cpu", timeout=600))
+            except (RuntimeError, TimeoutError) as err:
+                _PEAKS[key] = f"reading {n_tokens} tokens with {method} failed: {str(err).strip()[-300:]}"
+    if isinstance(_PEAKS[key], str):
+        raise _ScenarioError(_PEAKS[key])
+    return _PEAKS[key]
+
+
+def _capstone_cases(seed: int) -> list[dict]:
+    """The scenario, one case; reading every shipped model of its task now, before any student code runs."""
+    scenario = _json.loads(_json.dumps(CAPSTONE_SCENARIO))
+    for method in _CAPSTONE_METHODS:
+        _shipped_state(scenario["task"], method)
+    return [scenario]
+
+
+def _choice_run(fn: Callable[..., Any], c: dict) -> tuple:
+    choice = fn()
+    if not isinstance(choice, dict):
+        return ("bad", f"CHOICE must be a dict {{'method': ..., 'window': ...}}; got a {type(choice).__name__}")
+    if set(choice) != {"method", "window"}:
+        return ("bad", f"CHOICE must have exactly the keys 'method' and 'window'; got {sorted(map(str, choice))}")
+    method, window = choice["method"], choice["window"]
+    if type(method) is not str:
+        return ("bad", f"CHOICE['method'] must be a string; got a {type(method).__name__}")
+    if window is not None and type(window) is not int:
+        return ("bad", f"CHOICE['window'] must be None or an int; got a {type(window).__name__} {window!r}")
+    return ("choice", method, window)
+
+
+def _choice_problem(got: Any, c: dict) -> str | None:
+    if not isinstance(got, tuple) or not got or got[0] not in ("choice", "bad"):
+        return "no results"
+    if got[0] == "bad":
+        return str(got[1])
+    if len(got) != 3 or type(got[1]) is not str or not (got[2] is None or type(got[2]) is int):
+        return "no results"
+    method, window, length = got[1], got[2], c["length"]
+    if method not in _CAPSTONE_METHODS:
+        return f"CHOICE['method'] must be one of {_CAPSTONE_METHODS} (the methods with shipped models); got {method!r}"
+    if window is not None:
+        needed = length - _answer_start(c["task"], length) + 1
+        if not needed <= window <= length:
+            return (f"CHOICE['window'] must be None (the whole sequence) or an int from {needed} (the question and "
+                    f"its answer) to {length}; got {window}")
+    return None
+
+
+def _choice_text(method: str, window: int | None, c: dict) -> str:
+    return f"{method} reading " + (f"the last {window} tokens" if window else f"all {c['length']} tokens")
+
+
+def _budget_compare(got: Any, expected: int, c: dict) -> str | None:
+    problem = _choice_problem(got, c)
+    if problem:
+        return problem
+    method, window = got[1], got[2]
+    try:
+        peak = _scenario_peak(method, window or c["length"])
+    except _ScenarioError as err:
+        return f"{_choice_text(method, window, c)}: {err}"
+    if peak > expected:
+        return (f"{_choice_text(method, window, c)}: peak memory {peak / _MIB:.2f} MiB > the budget "
+                f"{expected / _MIB:.2f} MiB")
+    return None
+
+
+def _baseline_reference(c: dict) -> float | str:
+    """The baseline's accuracy on the scenario, or why it could not be measured (a missing checkpoint)."""
+    base = c["baseline"]
+    try:
+        return _scenario_accuracy(base["method"], base["window"], c)
+    except _ScenarioError as err:
+        return f"the baseline ({_choice_text(base['method'], base['window'], c)}) could not be measured: {err}"
+
+
+def _baseline_compare(got: Any, expected: float | str, c: dict) -> str | None:
+    problem = _choice_problem(got, c)
+    if problem:
+        return problem
+    if isinstance(expected, str):
+        return expected
+    method, window = got[1], got[2]
+    try:
+        accuracy = _scenario_accuracy(method, window, c)
+    except _ScenarioError as err:
+        return f"{_choice_text(method, window, c)}: {err}"
+    need = expected + c["margin"]
+    if not accuracy >= need - 1e-12:
+        base = c["baseline"]
+        return (f"{_choice_text(method, window, c)}: accuracy {accuracy:.3f} on the scenario's {c['n_sequences']} "
+                f"sequences < the baseline's {expected:.3f} ({_choice_text(base['method'], base['window'], c)}) "
+                f"+ the margin {c['margin']} = {need:.3f}")
+    return None
+
+
+def _capstone_describe(c: dict) -> str:
+    return (f"CHOICE on the scenario ({c['task']}, {c['length']:,} tokens, budget {c['budget_mib']} MiB, "
+            f"{c['n_sequences']} sequences, seed {c['seed']})")
+
+
+def _capstone_blocked(*library: Callable[..., Any]) -> tuple[Callable[..., Any], ...]:
+    ours = (_ref_longest_within, _longest_reference, _ref_memory_exponent, _exponent_reference,
+            _ref_windowed_accuracy, _window_reference, _score_answers, _scenario_accuracy, _scenario_peak)
+    return (*library, *ours)
+
+
+def _unwrapped(*functions: Callable[..., Any]) -> tuple[Callable[..., Any], ...]:
+    return tuple(inspect.unwrap(f) for f in functions)
+
+
+for _name, _cases_fn in (("capstone_longest_small", _longest_small_cases), ("capstone_longest", _longest_cases)):
+    _register(Suite(_name, _cases_fn, _longest_run, _longest_reference, _longest_compare, _longest_describe,
+                    _LONGEST_FORBIDDEN, lambda: _capstone_blocked(*_unwrapped(
+                        _bench_module.longest_fitting, _measure_module.longest_within))))
+for _name, _cases_fn in (("capstone_exponent_small", _exponent_small_cases), ("capstone_exponent", _exponent_cases)):
+    _register(Suite(_name, _cases_fn, _exponent_run, _exponent_reference, _exponent_compare, _exponent_describe,
+                    _EXPONENT_FORBIDDEN, lambda: _capstone_blocked(*_unwrapped(_measure_module.fit_loglog_slope))))
+for _name, _cases_fn in (("capstone_window_small", _window_small_cases), ("capstone_window", _window_cases)):
+    _register(Suite(_name, _cases_fn, _window_run, _window_reference, _window_compare, _window_describe,
+                    _WINDOW_FORBIDDEN, lambda: _capstone_blocked(*_unwrapped(
+                        _bench_module.evaluate_quality, _bench_module.answer_logits, _bench_module.measure_quality,
+                        _tasks_module.answer_accuracy, _tasks_module.passkey_accuracy,
+                        _rmt_module.RecurrentMemoryTransformer.answer_accuracy))))
+_register(Suite("capstone_budget", _capstone_cases, _choice_run, lambda c: int(c["budget_mib"] * _MIB),
+                _budget_compare, _capstone_describe, _CAPSTONE_FORBIDDEN))
+_register(Suite("capstone_baseline", _capstone_cases, _choice_run, _baseline_reference, _baseline_compare,
+                _capstone_describe, _CAPSTONE_FORBIDDEN))
+
+
 # ------------------------------------------------------------------- kernel side
 def _pack(value: Any) -> Any:
     """Student output -> plain data for ``torch.save`` (tensors detached, on the CPU)."""
