@@ -46,7 +46,7 @@ help:
 	@echo "  make checkpoints retrain chapter 2's duplication-task models -> checkpoints/duplication/"
 	@echo "  make checkpoints-charlm retrain chapter 4's character-level models -> checkpoints/charlm/ (about 20 minutes)"
 	@echo "  make checkpoints-passkey retrain chapter 5's passkey-retrieval models -> checkpoints/passkey/ (about 15 minutes)"
-	@echo "  make checkpoints-bench retrain chapter 7's quality models -> checkpoints/bench/ (about 40 minutes)"
+	@echo "  make checkpoints-bench retrain chapter 7's quality models -> checkpoints/bench/ (55 minutes on one busy core; two processes with disjoint --methods: about 30)"
 	@echo "  make venv       create or refresh $(VENV)"
 	@echo "  make clean      remove $(OUT)/ and caches (keeps $(VENV))"
 	@echo "Variables: PROFILE=smoke|cpu|gpu (profiles.yml), DEVICE=auto|cpu|cuda"
