@@ -17,11 +17,8 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from longctx_lib.bench import n_parameters as n_params  # noqa: F401 (the scripts import it from here)
 from longctx_lib.device import resolve_device, synchronize
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def load() -> str:

@@ -43,7 +43,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -408,16 +408,6 @@ def matched_sizes(method: str, sizes: ModelSizes | None = None) -> ModelSizes:
 
 
 # --------------------------------------------------------------------------- losses
-def _segments(model: nn.Module, tokens: Tensor) -> Iterator[tuple[int, int, Tensor]]:
-    """``(start, end, logits (B, end - start, vocab))`` of each segment, memory carried along."""
-    length, step = tokens.shape[1], model.segment_length
-    memory: Any = model.initial_memory(tokens.shape[0]) if isinstance(model, RecurrentMemoryTransformer) else None
-    for a in range(0, length, step):
-        b = min(a + step, length)
-        logits, memory = model.segment(tokens[:, a:b], memory)
-        yield a, b, logits
-
-
 def _wide(x: Tensor) -> Tensor:
     """Half-precision logits in float32 for the loss; float32 and float64 as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -436,23 +426,23 @@ def lm_logits(model: nn.Module, tokens: Tensor) -> Tensor:
 def lm_loss(model: nn.Module, tokens: Tensor, *, streamed: bool = False) -> Tensor:
     """Mean next-token cross-entropy (nats) of ``tokens`` ``(B, L)`` under any method's model.
 
-    ``streamed`` (for reading without autograd) never holds more than one segment's
-    logits of Infini-attention and RMT: the loss is summed segment by segment, the
-    memory carried along, so their memory does not grow with the length. The Reformer
+    ``streamed`` (reading, without autograd) runs Infini-attention and RMT through their
+    ``stream`` methods and sums the loss segment by segment: only one segment's logits and
+    the memory are alive, so their memory does not grow with the length. The Reformer
     uses its chunked loss.
     """
     _check_tokens(tokens, _check_model(model))
     if isinstance(model, ReformerLM):
         return model.loss(tokens)
     if streamed and isinstance(model, (InfiniTransformer, RecurrentMemoryTransformer)):
-        total = None
-        length = tokens.shape[1]
-        for a, b, logits in _segments(model, tokens):
-            n = min(b, length - 1) - a  # the last token has no successor
+        total, start, length = None, 0, tokens.shape[1]
+        for logits in model.stream(tokens.split(model.segment_length, dim=1)):  # (B, n, vocab), no autograd
+            n = min(start + logits.shape[1], length - 1) - start  # the last token has no successor
             if n > 0:
-                part = F.cross_entropy(_wide(logits[:, :n].flatten(0, 1)), tokens[:, a + 1:a + 1 + n].flatten(),
+                part = F.cross_entropy(_wide(logits[:, :n].flatten(0, 1)), tokens[:, start + 1:start + 1 + n].flatten(),
                                        reduction="sum")
                 total = part if total is None else total + part
+            start += logits.shape[1]
         return total / (tokens.shape[0] * (length - 1))
     logits = lm_logits(model, tokens)
     return F.cross_entropy(_wide(logits[:, :-1].flatten(0, 1)), tokens[:, 1:].flatten())

@@ -544,7 +544,6 @@ def test_ch7_memory_laws_side_by_side(ch7):
         assert ch7[f"longest_infini_{mode}"] >= ch7[f"longest_sdpa_{mode}"]
     # side by side at one length: naive needs several times SDPA's memory for the same numbers
     assert ch7["m_ratio_naive_fwd"] > 3 and ch7["m_ratio_naive_train"] > 2
-    assert ch7["m_ratio_sdpa_fwd"] == 1.0
     # the Reformer's reversible layers and chunking keep less for backward than its LSH model
     assert ch7["m_ratio_reformer_train"] < ch7["m_ratio_lsh_train"]
 
