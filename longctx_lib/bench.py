@@ -57,6 +57,7 @@ from ._checkpoints import (
     find_checkpoint_dir,
     load_else_train,
     read_checkpoint,
+    same_config,
     save_weights,
 )
 from .attention import attention
@@ -71,6 +72,7 @@ from .tasks import (
     N_SYMBOLS,
     SEP_TOKEN,
     TASK_VOCAB,
+    answer_accuracy,
     passkey_batch,
 )
 from .transformer import FeedForward
@@ -703,8 +705,7 @@ def evaluate_quality(model: nn.Module, task: str, lengths: Sequence[int], *, n_s
             for start in range(0, n_sequences, batch):
                 b = min(batch, n_sequences - start)
                 tokens, mask = task_batch(task, b, length, generator=data, device=dev)
-                logits, targets = answer_logits(model, tokens, mask)
-                right += int((logits.argmax(-1) == targets).view(b, -1).all(dim=1).sum())
+                right += round(answer_accuracy(lm_logits(model, tokens), tokens, mask) * b)
             scores[int(length)] = right / n_sequences
     model.train(was_training)
     return scores
@@ -732,7 +733,7 @@ def load_or_train_quality(method: str, task: str, config: QualityConfig | None =
         return ckpt, ckpt.get("history", {})
 
     def matches(loaded: tuple) -> bool:
-        return json.dumps(loaded[0].get("key"), sort_keys=True) == json.dumps(key, sort_keys=True)
+        return same_config(loaded[0].get("key"), key)
 
     def train() -> tuple:
         return train_quality(method, task, config, progress=progress, device=dev)

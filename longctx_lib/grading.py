@@ -2637,6 +2637,8 @@ import json as _json  # noqa: E402
 from numbers import Real as _Real  # noqa: E402
 
 from . import bench as _bench_module  # noqa: E402
+from ._checkpoints import read_checkpoint as _read_checkpoint  # noqa: E402
+from ._checkpoints import same_config as _same_config  # noqa: E402
 from . import measure as _measure_module  # noqa: E402
 from . import tasks as _tasks_module  # noqa: E402
 
@@ -3211,11 +3213,10 @@ def _shipped_state(task: str, method: str) -> Any:
     if key not in _SHIPPED:
         path = _bench_module.CHECKPOINT_DIR / f"{task}-{method}.pt"
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            want = _bench_module.QualityConfig().training_key()
-            if _json.dumps(ckpt.get("key"), sort_keys=True) != _json.dumps(want, sort_keys=True):
+            ckpt = _read_checkpoint(path, _bench_module.REGENERATE_COMMAND)  # the weights back in float32
+            if not _same_config(ckpt.get("key"), _bench_module.QualityConfig().training_key()):
                 raise ValueError("it was trained with other settings than bench.QualityConfig()'s")
-            _SHIPPED[key] = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+            _SHIPPED[key] = ckpt["state_dict"]
         except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as err:
             _SHIPPED[key] = (f"the shipped model {path} could not be read ({type(err).__name__}: {err}); "
                              f"regenerate it with {_bench_module.REGENERATE_COMMAND}")

@@ -177,7 +177,7 @@ def test_answer_logits_are_the_predictions_made_one_position_before_each_answer(
 
 
 # ------------------------------------------------------------------------------ quality
-def test_training_learns_and_evaluation_is_repeatable(tmp_path):
+def test_training_learns_and_evaluation_is_repeatable():
     """Associative retrieval at 32 tokens: in 150 steps the tiny full-attention model learns at
     least that the answer is one of the 16 symbols: its loss falls from about the uniform guess
     over 32 tokens (ln 32 = 3.47) to near ln 16 = 2.77. (Retrieval itself takes the shipped
